@@ -11,7 +11,7 @@ from typing import Literal
 
 from lxml import etree
 
-from xmppd.ns import NS_STANZAS, NS_STREAM_ERRORS, NS_STREAMS, XML_LANG
+from xmppd.ns import NS_CLIENT, NS_STANZAS, NS_STREAM_ERRORS, NS_STREAMS, XML_LANG
 
 ErrorType = Literal["auth", "cancel", "continue", "modify", "wait"]
 
@@ -81,7 +81,7 @@ class StanzaError(Exception):
         condition: str,
         text: str | None = None,
         *,
-        type: ErrorType | None = None,  # noqa: A002 - the RFC's attribute name
+        type: ErrorType | None = None,
         by: str | None = None,
         app: etree._Element | None = None,
     ) -> None:
@@ -94,9 +94,9 @@ class StanzaError(Exception):
         self.by = by
         self.app = app
 
-    def to_element(self) -> etree._Element:
-        """Build the ``<error/>`` child (in the enclosing stanza's default namespace)."""
-        err = etree.Element("error", type=self.type)
+    def to_element(self, ns: str = NS_CLIENT) -> etree._Element:
+        """Build the ``<error/>`` child in the enclosing stanza's namespace `ns`."""
+        err = etree.Element(f"{{{ns}}}error", type=self.type, nsmap={None: ns})
         if self.by:
             err.set("by", self.by)
         etree.SubElement(err, f"{{{NS_STANZAS}}}{self.condition}", nsmap={None: NS_STANZAS})
@@ -122,9 +122,13 @@ class StreamError(Exception):
     def to_element(self) -> etree._Element:
         """Build ``<stream:error/>``."""
         err = etree.Element(f"{{{NS_STREAMS}}}error", nsmap={"stream": NS_STREAMS})
-        etree.SubElement(err, f"{{{NS_STREAM_ERRORS}}}{self.condition}", nsmap={None: NS_STREAM_ERRORS})
+        etree.SubElement(
+            err, f"{{{NS_STREAM_ERRORS}}}{self.condition}", nsmap={None: NS_STREAM_ERRORS}
+        )
         if self.text:
-            text = etree.SubElement(err, f"{{{NS_STREAM_ERRORS}}}text", nsmap={None: NS_STREAM_ERRORS})
+            text = etree.SubElement(
+                err, f"{{{NS_STREAM_ERRORS}}}text", nsmap={None: NS_STREAM_ERRORS}
+            )
             text.set(XML_LANG, "en")
             text.text = self.text
         return err

@@ -17,4 +17,4 @@ NS_DELAY = "urn:xmpp:delay"
 NS_DATA = "jabber:x:data"
 NS_RSM = "http://jabber.org/protocol/rsm"
 
-XML_LANG = "{%s}lang" % NS_XML
+XML_LANG = f"{{{NS_XML}}}lang"

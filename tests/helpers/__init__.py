@@ -1,0 +1,1 @@
+"""Test helpers: a raw XML client and slixmpp client factories."""

@@ -1,0 +1,88 @@
+"""Local accounts: creation, deletion, password changes; only SCRAM verifiers are stored.
+
+Key derivation (PBKDF2, RFC 5802 §3) is costly, so it runs in a worker thread. Lookups always
+go to storage (no cached absence), so accounts made by the CLI while the server runs are seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from xmppd.jid import JID
+from xmppd.sasl import ScramCredentials, StoredCredentials, derive_all
+from xmppd.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+STORE = "accounts"
+KEY = "scram"
+
+
+class AccountError(Exception):
+    """An account operation failed (exists already, no such account, bad password)."""
+
+
+class AccountStore:
+    """Accounts of every local host, in the `accounts` key-value store of each host."""
+
+    def __init__(self, storage: Storage, *, iterations: int = 4096) -> None:
+        self.storage = storage
+        self.iterations = iterations
+
+    async def exists(self, host: str, username: str) -> bool:
+        """Whether `username@host` exists."""
+        return await self.storage.keyvalue(host, STORE).get(username, KEY) is not None
+
+    async def credentials(self, host: str, username: str) -> StoredCredentials | None:
+        """The stored SCRAM verifiers, or None if there is no such account."""
+        raw = await self.storage.keyvalue(host, STORE).get(username, KEY)
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return {
+                name: ScramCredentials.from_json(entry)
+                for name, entry in raw.items()
+                if isinstance(entry, dict)
+            }
+        except ValueError:
+            logger.error("stored credentials of %s@%s are corrupt", username, host)
+            return None
+
+    async def create(self, jid: JID, password: str) -> None:
+        """Create an account.
+
+        Raises:
+            AccountError: the account exists or the password is not acceptable.
+        """
+        if jid.local is None or jid.resource is not None:
+            raise AccountError(f"{jid} is not a bare user JID")
+        if await self.exists(jid.domain, jid.local):
+            raise AccountError(f"{jid} exists already")
+        await self._store(jid, password)
+
+    async def set_password(self, jid: JID, password: str) -> None:
+        """Change the password of an existing account."""
+        if jid.local is None or not await self.exists(jid.domain, jid.local):
+            raise AccountError(f"{jid}: no such account")
+        await self._store(jid, password)
+
+    async def delete(self, jid: JID) -> None:
+        """Delete an account and every key-value entry of the account in the accounts store."""
+        if jid.local is None or not await self.exists(jid.domain, jid.local):
+            raise AccountError(f"{jid}: no such account")
+        await self.storage.keyvalue(jid.domain, STORE).delete_user(jid.local)
+
+    async def users(self, host: str) -> list[str]:
+        """Usernames of `host`, sorted."""
+        return await self.storage.keyvalue(host, STORE).users()
+
+    async def _store(self, jid: JID, password: str) -> None:
+        if not password:
+            raise AccountError("the password must not be empty")
+        try:
+            creds = await asyncio.to_thread(derive_all, password, iterations=self.iterations)
+        except ValueError as exc:
+            raise AccountError(f"unacceptable password: {exc}") from None
+        value = {name: c.to_json() for name, c in creds.items()}
+        await self.storage.keyvalue(jid.domain, STORE).set(jid.local or "", KEY, value)  # type: ignore[arg-type]  # dict[str, dict[str, str|int]] is JSON

@@ -1,0 +1,189 @@
+"""Typed event bus: chain events (first handler returning True wins) and notify events.
+
+Event keys carry their payload type, so a handler's signature is checked by mypy. Priorities are
+named; core default behaviour registers at `Priority.DEFAULT`, so any module can pre-empt it.
+Handlers are awaited in order inside the caller's coroutine: no task per event, so the per-session
+ordering of stanzas is kept (DESIGN §2.1 principle 7).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from lxml import etree
+
+if TYPE_CHECKING:
+    from xmppd.jid import JID
+    from xmppd.session import Session
+    from xmppd.stanza import Stanza
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Priority(IntEnum):
+    """Named handler priorities; higher runs first."""
+
+    FIRST = 1000
+    HIGH = 500
+    NORMAL = 0
+    LOW = -500
+    DEFAULT = -1000  # core default behaviour (delivery, IQ dispatch fallback)
+
+
+class ChainKey(Generic[T]):
+    """A chain event: handlers run by priority until one returns True (the event is consumed)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"ChainKey({self.name!r})"
+
+
+class NotifyKey(Generic[T]):
+    """A notify event: every handler runs; handlers return None."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"NotifyKey({self.name!r})"
+
+
+ChainHandler = Callable[[T], Awaitable[bool]]
+NotifyHandler = Callable[[T], Awaitable[None]]
+
+
+class EventBus:
+    """Handlers per event key, kept sorted by priority (stable for equal priorities)."""
+
+    __slots__ = ("_handlers",)
+
+    def __init__(self) -> None:
+        self._handlers: dict[object, list[tuple[int, Callable[[Any], Awaitable[Any]]]]] = {}
+
+    def add_chain(self, key: ChainKey[T], handler: ChainHandler[T], priority: int) -> None:
+        """Register a chain handler."""
+        self._add(key, handler, priority)
+
+    def add_notify(self, key: NotifyKey[T], handler: NotifyHandler[T], priority: int) -> None:
+        """Register a notify handler."""
+        self._add(key, handler, priority)
+
+    def _add(self, key: object, handler: Callable[[Any], Awaitable[Any]], priority: int) -> None:
+        entries = self._handlers.setdefault(key, [])
+        entries.append((priority, handler))
+        entries.sort(key=lambda entry: -entry[0])  # stable: equal priorities keep order
+
+    def remove(self, key: object, handler: Callable[[Any], Awaitable[Any]]) -> None:
+        """Unregister a handler (no error if absent)."""
+        entries = self._handlers.get(key)
+        if entries:
+            entries[:] = [e for e in entries if e[1] != handler]
+
+    def has_handlers(self, key: object) -> bool:
+        """Whether any handler is registered for `key`."""
+        return bool(self._handlers.get(key))
+
+    async def chain(self, key: ChainKey[T], payload: T) -> bool:
+        """Run handlers until one returns True; return whether the event was consumed."""
+        entries = self._handlers.get(key)
+        if entries:
+            for _prio, handler in entries:
+                if await handler(payload):
+                    return True
+        return False
+
+    async def notify(self, key: NotifyKey[T], payload: T) -> None:
+        """Run every handler; an exception in one is logged and does not stop the others."""
+        entries = self._handlers.get(key)
+        if not entries:
+            return
+        for _prio, handler in list(entries):
+            try:
+                await handler(payload)
+            except Exception:
+                logger.exception("handler %r failed for %s", handler, key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Core event payloads and keys.
+
+
+@dataclass(slots=True)
+class StanzaEvent:
+    """A stanza being routed: `origin` is the sending session (None for server-generated)."""
+
+    stanza: Stanza
+    origin: Session | None
+    to: JID  # the prepared recipient (the host JID when the stanza had no 'to')
+
+
+@dataclass(slots=True)
+class MessageOffline:
+    """A chat/normal message for an existing account with no available resource."""
+
+    stanza: Stanza
+    username: str
+    to: JID
+
+
+@dataclass(slots=True)
+class SessionEvent:
+    """A session changed state (bound, available, ended)."""
+
+    session: Session
+
+
+@dataclass(slots=True)
+class SessionEnded:
+    """A session is gone; `unacked` lists stanzas sent to it that the client never acknowledged."""
+
+    session: Session
+    unacked: list[etree._Element] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Shutdown:
+    """The server is stopping; handlers may await (flush state) before storage closes."""
+
+    reason: str = "shutdown"
+
+
+# Pre-routing events fire on the sender's host: carbons, blocking and privacy hook here.
+PRE_MESSAGE: ChainKey[StanzaEvent] = ChainKey("pre-message")
+PRE_PRESENCE: ChainKey[StanzaEvent] = ChainKey("pre-presence")
+PRE_IQ: ChainKey[StanzaEvent] = ChainKey("pre-iq")
+
+# Routing events fire on the recipient's host, by stanza kind and address form.
+MESSAGE_BARE: ChainKey[StanzaEvent] = ChainKey("message/bare")
+MESSAGE_FULL: ChainKey[StanzaEvent] = ChainKey("message/full")
+MESSAGE_HOST: ChainKey[StanzaEvent] = ChainKey("message/host")
+PRESENCE_BARE: ChainKey[StanzaEvent] = ChainKey("presence/bare")
+PRESENCE_FULL: ChainKey[StanzaEvent] = ChainKey("presence/full")
+PRESENCE_HOST: ChainKey[StanzaEvent] = ChainKey("presence/host")
+IQ_BARE: ChainKey[StanzaEvent] = ChainKey("iq/bare")
+IQ_FULL: ChainKey[StanzaEvent] = ChainKey("iq/full")
+IQ_HOST: ChainKey[StanzaEvent] = ChainKey("iq/host")
+
+# Presence the session sends with no 'to' (RFC 6121 §4.2, §4.4, §4.5): broadcast is a module's job.
+PRESENCE_BROADCAST: ChainKey[StanzaEvent] = ChainKey("presence/broadcast")
+
+MESSAGE_OFFLINE: ChainKey[MessageOffline] = ChainKey("message/offline")
+
+SESSION_BOUND: NotifyKey[SessionEvent] = NotifyKey("session/bound")
+INITIAL_PRESENCE: NotifyKey[SessionEvent] = NotifyKey("session/initial-presence")
+SESSION_UNAVAILABLE: NotifyKey[SessionEvent] = NotifyKey("session/unavailable")
+SESSION_ENDED: NotifyKey[SessionEnded] = NotifyKey("session/ended")
+SHUTDOWN: NotifyKey[Shutdown] = NotifyKey("server/shutdown")

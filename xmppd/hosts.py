@@ -1,0 +1,50 @@
+"""A served domain: a local host (accounts live here) or a service subdomain of one.
+
+Each host has its own event bus, IQ table, disco registry, stream features and nonza handlers;
+modules register on exactly one host through their context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from xmppd.events import EventBus
+from xmppd.features import FeatureRegistry
+from xmppd.iq import IqDispatcher
+from xmppd.jid import JID
+
+if TYPE_CHECKING:
+    from xmppd.session import SendFilter, Session
+
+# A stream feature provider returns the feature element to advertise to a session (after
+# authentication), or None to advertise nothing for it.
+StreamFeatureProvider = Callable[["Session"], "etree._Element | None"]
+# A nonza handler gets top-level non-stanza elements of its tag (e.g. XEP-0198 <r/>).
+NonzaHandler = Callable[["Session", etree._Element], Awaitable[None]]
+
+
+class Host:
+    """One served domain."""
+
+    def __init__(self, domain: str, *, parent: Host | None = None) -> None:
+        self.domain = domain
+        self.jid = JID(None, domain, None)
+        self.parent = parent  # set for service subdomains such as conference.<host>
+        self.bus = EventBus()
+        self.iq = IqDispatcher()
+        self.features = FeatureRegistry()
+        self.stream_features: list[StreamFeatureProvider] = []
+        self.nonza_handlers: dict[str, NonzaHandler] = {}
+        self.send_filters: list[SendFilter] = []
+        self.modules: dict[str, object] = {}
+
+    @property
+    def is_local(self) -> bool:
+        """Whether accounts live on this host (not a service subdomain)."""
+        return self.parent is None
+
+    def __repr__(self) -> str:
+        return f"<Host {self.domain}>"

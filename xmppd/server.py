@@ -1,0 +1,285 @@
+"""The composition root: builds config, storage, hosts, modules and listeners; start/stop.
+
+Nothing else holds global state: modules reach the server only through their ModuleContext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import ssl
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from xmppd import __version__, certs
+from xmppd import events as ev
+from xmppd.accounts import AccountStore
+from xmppd.admin import AdminServer
+from xmppd.config import Config, ConfigError
+from xmppd.delivery import Delivery
+from xmppd.errors import StreamError
+from xmppd.hosts import Host
+from xmppd.jid import JID, JIDError
+from xmppd.module_manager import ModuleManager, shipped_modules
+from xmppd.router import Router
+from xmppd.session import Session
+from xmppd.session_manager import SessionManager
+from xmppd.stanza import make
+from xmppd.storage import ArchiveStore, KeyValueStore, Storage, open_storage
+from xmppd.stream.connection import C2SConnection
+from xmppd.throttle import AuthThrottle
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    """One xmppd process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hosts: dict[str, Host] = {}
+        self.local_domains = frozenset(h.domain for h in config.hosts)
+        self.sessions = SessionManager()
+        self.router = Router(self.hosts)
+        self.storage: Storage | None = None
+        self._accounts: AccountStore | None = None
+        self.delivery = Delivery(self.router, self.sessions, self.account_exists)
+        self.throttle = AuthThrottle(
+            config.auth.throttle_failures,
+            config.auth.throttle_window,
+            config.auth.throttle_max_delay,
+        )
+        self.modules = ModuleManager(self)
+        self.connections: set[C2SConnection] = set()
+        self.ports: dict[str, list[int]] = {"c2s": [], "c2s_direct_tls": []}
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._tls: ssl.SSLContext | None = None
+        self._cert_der: dict[int, bytes] = {}
+        self._admin: AdminServer | None = None
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open storage, load TLS material and modules, start listening."""
+        _raise_file_limit()
+        data_dir = self.config.data_dir
+        await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+        if self.config.storage == "memory":
+            self.storage = await open_storage("memory")
+        else:
+            self.storage = await open_storage("sqlite", path=self.config.database_path)
+        self._accounts = AccountStore(self.storage, iterations=self.config.auth.scram_iterations)
+        await asyncio.to_thread(self._load_tls)
+        for host_config in self.config.hosts:
+            host = Host(host_config.domain)
+            self.hosts[host.domain] = host
+            self.delivery.register(host)
+        for host_config in self.config.hosts:
+            names = host_config.modules_enabled or self.config.modules_enabled
+            options = {**self.config.modules, **host_config.modules}
+            where = f'host."{host_config.domain}".modules' if host_config.modules else "modules"
+            await self.modules.load(
+                self.hosts[host_config.domain],
+                list(names) if names is not None else shipped_modules(),
+                options,
+                where,
+            )
+        loop = asyncio.get_running_loop()
+        for kind, addresses in (
+            ("c2s", self.config.c2s),
+            ("c2s_direct_tls", self.config.c2s_direct_tls),
+        ):
+            direct = kind == "c2s_direct_tls"
+            if direct and self._tls is None:
+                continue
+            for address, port in addresses:
+                listener = await loop.create_server(
+                    lambda direct=direct: C2SConnection(self, direct_tls=direct),  # type: ignore[misc]
+                    address,
+                    port,
+                    reuse_address=True,
+                    backlog=4096,
+                )
+                self._listeners.append(listener)
+                for sock in listener.sockets:
+                    self.ports[kind].append(sock.getsockname()[1])
+                logger.info("listening for %s on %s:%d", kind, address, self.ports[kind][-1])
+        self._admin = AdminServer(
+            self.config.admin_socket,
+            {"end_sessions": self._admin_end_sessions, "status": self._admin_status},
+        )
+        await self._admin.start()
+        logger.info("xmppd %s serving %s", __version__, ", ".join(sorted(self.hosts)))
+
+    async def stop(self, reason: str = "system-shutdown") -> None:
+        """Close streams with <system-shutdown/>, let modules flush, close storage."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for listener in self._listeners:
+            listener.close()
+        for conn in list(self.connections):
+            conn.close(StreamError("system-shutdown", "the server is shutting down"))
+        for session in self.sessions.all_sessions():
+            await self.session_ended(session, reason)
+        for host in self.hosts.values():
+            await host.bus.notify(ev.SHUTDOWN, ev.Shutdown(reason))
+        await self.modules.unload_all()
+        if self._admin is not None:
+            await self._admin.stop()
+        if self.storage is not None:
+            await self.storage.close()
+        for listener in self._listeners:
+            await listener.wait_closed()
+        logger.info("stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: reload certificates (new connections use them); sessions are kept."""
+        try:
+            self._load_tls()
+            logger.info("certificates reloaded")
+        except (OSError, ssl.SSLError, ConfigError) as exc:
+            logger.error("certificate reload failed, keeping the old ones: %s", exc)
+
+    # --- TLS -------------------------------------------------------------------------------
+    def _load_tls(self) -> None:
+        contexts: dict[str, ssl.SSLContext] = {}
+        der: dict[int, bytes] = {}
+        for host_config in self.config.hosts:
+            cert, key = host_config.cert or self.config.cert, host_config.key or self.config.key
+            if cert is None or key is None:
+                cert, key = self._generated_cert(host_config.domain)
+            context = certs.server_context(cert, key)
+            contexts[host_config.domain] = context
+            # The leaf (first) certificate is the one tls-server-end-point hashes (RFC 5929).
+            leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+            der[id(context)] = leaf.public_bytes(serialization.Encoding.DER)
+        first = self.config.hosts[0]
+        default = contexts[first.domain]
+        self._tls = certs.sni_context(contexts, default) if len(contexts) > 1 else default
+        self._cert_der = der
+
+    def _generated_cert(self, domain: str) -> tuple[Path, Path]:
+        certs_dir = self.config.certs_dir
+        cert, key = certs_dir / f"{domain}.crt", certs_dir / f"{domain}.key"
+        if not cert.exists() or not key.exists():
+            certs.generate_self_signed([domain], cert, key)
+            logger.warning(
+                "no certificate configured for %s: generated a self-signed ECDSA P-256 "
+                "certificate at %s (clients will ask to trust it)",
+                domain,
+                cert,
+            )
+        return cert, key
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The SNI-aware server context."""
+        return self._tls
+
+    def cert_der(self, context: ssl.SSLContext) -> bytes | None:
+        """The certificate `context` serves (tls-server-end-point channel binding)."""
+        return self._cert_der.get(id(context))
+
+    # --- sessions --------------------------------------------------------------------------
+    async def session_bound(self, session: Session) -> None:
+        """Fire SESSION_BOUND."""
+        await session.host.bus.notify(ev.SESSION_BOUND, ev.SessionEvent(session))
+
+    async def session_ended(self, session: Session, reason: str) -> None:
+        """Unbind; broadcast unavailable for a session that did not say so (RFC 6121 §4.6)."""
+        if not self.sessions.unbind(session):
+            return
+        if session.available:
+            session.available = False
+            unavailable = make("presence", type_="unavailable", from_=session.full_jid)
+            for other in self.sessions.available(session.full_jid.bare):
+                other.send(unavailable)
+            await session.host.bus.notify(ev.SESSION_UNAVAILABLE, ev.SessionEvent(session))
+        session.log.info("session ended: %s", reason)
+        await session.host.bus.notify(ev.SESSION_ENDED, ev.SessionEnded(session, reason=reason))
+
+    # --- ServerServices (module API) -------------------------------------------------------
+    @property
+    def accounts(self) -> AccountStore:
+        """The account store (after start)."""
+        if self._accounts is None:
+            raise RuntimeError("server not started")
+        return self._accounts
+
+    async def route(self, element: etree._Element) -> None:
+        """Route a server-generated stanza."""
+        await self.router.route(element)
+
+    async def account_exists(self, host: str, username: str) -> bool:
+        """Whether a local account exists (always asks storage: no cached absence)."""
+        return host in self.local_domains and await self.accounts.exists(host, username)
+
+    def keyvalue(self, host: str, store: str) -> KeyValueStore:
+        """A key-value store of a host."""
+        assert self.storage is not None
+        return self.storage.keyvalue(host, store)
+
+    def archive(self, host: str, store: str) -> ArchiveStore:
+        """An archive store of a host."""
+        assert self.storage is not None
+        return self.storage.archive(host, store)
+
+    def add_service_host(self, parent: Host, subdomain: str) -> Host:
+        """Create `<subdomain>.<parent>` served by this process."""
+        host = Host(f"{subdomain}.{parent.domain}", parent=parent)
+        self.hosts[host.domain] = host
+        self.delivery.register(host)
+        return host
+
+    def server_version(self) -> str:
+        """The software version."""
+        return __version__
+
+    # --- admin commands --------------------------------------------------------------------
+    async def _admin_end_sessions(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jid = JID.parse(str(request.get("jid", "")))
+        except JIDError as exc:
+            return {"ok": False, "error": str(exc)}
+        sessions = self.sessions.sessions(jid.bare)
+        for session in sessions:
+            session.close(StreamError("not-authorized", "account removed"))
+        return {"ok": True, "ended": len(sessions)}
+
+    async def _admin_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "version": __version__,
+            "connections": len(self.connections),
+            "sessions": len(self.sessions),
+            "rss_kib": _rss_kib(),
+            "hosts": sorted(self.hosts),
+            "pid": os.getpid(),
+        }
+
+
+def _rss_kib() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _raise_file_limit() -> None:
+    """Allow as many connections as the hard file limit permits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            logger.debug("could not raise the file limit from %d", soft)

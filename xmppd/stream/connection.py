@@ -1,0 +1,505 @@
+"""The asyncio glue of a c2s connection: bytes → parser → C2SStream → actions, and back.
+
+The only file (with listener.py) that touches sockets. TLS runs on `ssl.MemoryBIO` +
+`ssl.SSLObject` driven from a plain protocol: CPython's asyncio TLS transport allocates a
+256 KiB read buffer per connection, this costs a few KiB. Output is coalesced: everything sent
+to a connection during one loop turn becomes one TLS record batch and one socket write.
+
+Ordering (DESIGN §2.1 principle 7): the stanzas and nonzas of a connection are processed one at
+a time, in order. When nothing is pending, an element is processed inline in `data_received`
+by driving its coroutine directly; only when a handler really suspends (storage, a thread) does
+a task take over the rest of the queue, and reading is paused when the backlog grows too large.
+Handlers on this path therefore must not rely on `asyncio.current_task()` (no `asyncio.timeout`
+on Python ≥ 3.12); `asyncio.wait_for` and plain awaits are fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from lxml import etree
+
+from xmppd.errors import StreamError
+from xmppd.jid import JIDError, prep_localpart
+from xmppd.sasl import ChannelBindings, StoredCredentials
+from xmppd.session import Session
+from xmppd.stanza import STANZA_TAGS
+from xmppd.stream import actions as act
+from xmppd.stream.c2s import C2SStream, State
+from xmppd.stream.parser import ElementReceived, ParseEvent, ParserLimits, StreamParser
+from xmppd.stream.serializer import STREAM_CLOSE, serialize
+
+if TYPE_CHECKING:
+    from xmppd.accounts import AccountStore
+    from xmppd.config import Config
+    from xmppd.hosts import Host
+    from xmppd.router import Router
+    from xmppd.session_manager import SessionManager
+    from xmppd.throttle import AuthThrottle
+
+logger = logging.getLogger(__name__)
+
+_READ_SIZE = 262144
+
+
+class ConnectionServices(Protocol):
+    """What a connection needs from the server (the composition root implements it)."""
+
+    config: Config
+    hosts: dict[str, Host]
+    local_domains: frozenset[str]
+    router: Router
+    sessions: SessionManager
+    throttle: AuthThrottle
+    connections: set[C2SConnection]
+
+    @property
+    def accounts(self) -> AccountStore:
+        """The account store."""
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server TLS context (SNI-aware), None when TLS is unavailable."""
+
+    def cert_der(self, context: ssl.SSLContext) -> bytes | None:
+        """The DER certificate served by `context` (for tls-server-end-point)."""
+
+    async def session_bound(self, session: Session) -> None:
+        """A session was bound (fires SESSION_BOUND)."""
+
+    async def session_ended(self, session: Session, reason: str) -> None:
+        """A bound session is gone (unavailable broadcast, SESSION_ENDED)."""
+
+
+def _limits(config: Config, pre_auth: bool) -> ParserLimits:
+    lim = config.limits
+    if pre_auth:
+        return ParserLimits(
+            max_stanza_bytes=lim.pre_auth_stanza_size,
+            max_depth=lim.pre_auth_max_depth,
+            max_elements=lim.pre_auth_max_elements,
+            max_attributes=lim.pre_auth_max_attributes,
+            max_buffered=max(65536, lim.pre_auth_stanza_size * 4),
+        )
+    return ParserLimits(
+        max_stanza_bytes=lim.stanza_size,
+        max_depth=lim.max_depth,
+        max_elements=lim.max_elements,
+        max_attributes=lim.max_attributes,
+        max_buffered=max(1048576, lim.stanza_size * 4),
+    )
+
+
+class _Resume:
+    """Continue driving a coroutine that suspended while being driven inline."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: object) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, yielded = self.coro, self.yielded
+        while True:
+            # Hand the awaited future to the running task exactly as the coroutine would have.
+            yield yielded
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                return
+
+
+class C2SConnection(asyncio.Protocol):
+    """One client connection (plain with STARTTLS, or direct TLS per XEP-0368)."""
+
+    def __init__(self, services: ConnectionServices, *, direct_tls: bool) -> None:
+        self.services = services
+        self.config = services.config
+        self.direct_tls = direct_tls
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.parser = StreamParser(_limits(self.config, pre_auth=True))
+        context = services.tls_context()
+        self.stream = C2SStream(
+            domains=services.local_domains,
+            tls_available=context is not None,
+            secure=False,
+            require_encryption=self.config.require_encryption,
+            allow_plain=self.config.auth.allow_plain,
+            post_auth_features=self._post_auth_features,
+        )
+        self.session: Session | None = None
+        self._ssl: ssl.SSLObject | None = None
+        self._in_bio: ssl.MemoryBIO | None = None
+        self._out_bio: ssl.MemoryBIO | None = None
+        self._handshaking = False
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._queue: deque[ParseEvent] = deque()
+        self._busy = False
+        self._paused = False
+        self._closed = False
+        self._header_sent = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        self.services.connections.add(self)
+        # Unauthenticated connections (TLS handshake included) are closed after a while.
+        self._timer = self._loop.call_later(self.config.limits.auth_timeout, self._auth_timeout)
+        if self.direct_tls:
+            self._start_tls()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._in_bio is not None:
+            self._tls_received(data)
+        else:
+            self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.services.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._out.clear()
+        session = self.session
+        if session is not None and session.conn is self:
+            session.conn = None
+            if session.jid is not None:
+                reason = str(exc) if exc else "connection closed"
+                self._loop.create_task(self.services.session_ended(session, reason))
+
+    # --- TLS ----------------------------------------------------------------------------
+    def _start_tls(self) -> None:
+        context = self.services.tls_context()
+        if context is None:  # pragma: no cover - STARTTLS is only offered with a context
+            self.close(StreamError("internal-server-error"))
+            return
+        self._in_bio = ssl.MemoryBIO()
+        self._out_bio = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in_bio, self._out_bio, server_side=True)
+        self._handshaking = True
+        self.parser.reset()
+        self._handshake()
+
+    def _handshake(self) -> bool:
+        """Advance the handshake; True once it is complete."""
+        assert self._ssl is not None
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._write_tls_output()
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            logger.info("TLS handshake with %s failed: %s", self.peer, exc)
+            self._abort()
+            return False
+        self._handshaking = False
+        self._write_tls_output()
+        self.stream.tls_established(self._bindings())
+        if self._out:
+            self._flush()
+        return True
+
+    def _bindings(self) -> ChannelBindings:
+        assert self._ssl is not None
+        from xmppd.certs import tls_server_end_point
+
+        data: dict[str, bytes] = {}
+        der = self.services.cert_der(self._ssl.context)
+        if der is not None:
+            data["tls-server-end-point"] = tls_server_end_point(der)
+        if self._ssl.version() == "TLSv1.2":
+            # RFC 9266: tls-unique is only sound before TLS 1.3.
+            unique = self._ssl.get_channel_binding("tls-unique")
+            if unique:
+                data["tls-unique"] = unique
+        return ChannelBindings(data, plus_offered=bool(data))
+
+    def _tls_received(self, data: bytes) -> None:
+        assert self._in_bio is not None
+        assert self._ssl is not None
+        self._in_bio.write(data)
+        if self._handshaking and not self._handshake():
+            return
+        chunks = []
+        try:
+            while True:
+                chunk = self._ssl.read(_READ_SIZE)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self._abort()
+        except (ssl.SSLError, OSError) as exc:
+            logger.info("TLS error from %s: %s", self.peer, exc)
+            self._abort()
+        self._write_tls_output()  # TLS 1.3 may have produced key updates / tickets
+        if chunks:
+            self._feed(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _write_tls_output(self) -> None:
+        if self._out_bio is not None and self._out_bio.pending and self.transport is not None:
+            self.transport.write(self._out_bio.read())
+
+    # --- input --------------------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        try:
+            events = self.parser.feed(data)
+        except StreamError as err:
+            logger.warning("closing stream from %s: %s", self.peer, err)
+            self._queue.clear()
+            self.close(err)
+            return
+        if not events:
+            return
+        self._queue.extend(events)
+        if not self._busy:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Process queued events inline until one suspends; then a task takes over."""
+        queue = self._queue
+        while queue and not self._closed:
+            coro = self._process(queue.popleft())
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                continue
+            self._busy = True
+            self._loop.create_task(self._continue(coro, yielded))
+            if len(queue) > self.config.limits.max_backlog and not self._paused:
+                self._pause()
+            return
+        queue.clear()
+
+    async def _continue(self, coro: Coroutine[Any, Any, None], yielded: object) -> None:
+        try:
+            await _Resume(coro, yielded)
+            queue = self._queue
+            while queue and not self._closed:
+                await self._process(queue.popleft())
+                if self._paused and len(queue) < self.config.limits.max_backlog // 2:
+                    self._resume()
+        finally:
+            self._busy = False
+            if self._paused:
+                self._resume()
+            if self._queue and not self._closed:
+                self._drain()
+
+    def _pause(self) -> None:
+        if self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    async def _process(self, event: ParseEvent) -> None:
+        try:
+            session = self.session
+            if (
+                session is not None
+                and self.stream.state is State.ESTABLISHED
+                and isinstance(event, ElementReceived)
+                and event.element.tag in STANZA_TAGS
+                and not _is_session_iq(event.element)
+            ):
+                # Hot path: an established session's stanza goes straight to the router.
+                await self.services.router.from_session(session, event.element)
+                if session.on_handled is not None:
+                    session.on_handled()
+                return
+            await self._run(self.stream.receive(event))
+        except Exception:
+            logger.exception("unexpected error on connection from %s", self.peer)
+            self.close(StreamError("internal-server-error"))
+
+    async def _run(self, actions: list[act.Action]) -> None:
+        for action in actions:
+            if self._closed:
+                return
+            if isinstance(action, act.Send):
+                self._write(action.data)
+            elif isinstance(action, act.Deliver):
+                session = self.session
+                if session is not None:
+                    await self.services.router.from_session(session, action.element)
+                    if session.on_handled is not None:
+                        session.on_handled()
+            elif isinstance(action, act.Nonza):
+                await self._nonza(action.element)
+            elif isinstance(action, act.StartTls):
+                self._flush()
+                self._start_tls()
+            elif isinstance(action, act.ResetParser):
+                self.parser.reset()
+            elif isinstance(action, act.LookupCredentials):
+                await self._run(await self._lookup(action))
+            elif isinstance(action, act.AuthFailed):
+                self.services.throttle.failed(self.peer, self._account(action.username))
+            elif isinstance(action, act.Authenticated):
+                self._authenticated(action.username)
+            elif isinstance(action, act.BindResource):
+                await self._bind(action)
+            elif isinstance(action, act.Close):
+                self.close(action.error)
+
+    async def _lookup(self, action: act.LookupCredentials) -> list[act.Action]:
+        throttle = self.services.throttle
+        username: str | None
+        try:
+            username = prep_localpart(action.username)
+        except JIDError:
+            username = None
+        delay = throttle.delay(self.peer, self._account(username))
+        if delay:
+            await asyncio.sleep(delay)
+        creds: StoredCredentials | None = None
+        if username is not None and self.stream.domain is not None:
+            creds = await self.services.accounts.credentials(self.stream.domain, username)
+        if action.expensive:
+            return await asyncio.to_thread(self.stream.credentials, username, creds)
+        return self.stream.credentials(username, creds)
+
+    def _account(self, username: str | None) -> str | None:
+        return f"{username}@{self.stream.domain}" if username else None
+
+    def _authenticated(self, username: str) -> None:
+        domain = self.stream.domain or ""
+        self.session = Session(self.services.hosts[domain], self)
+        self.session.username = username
+        self.parser.limits = _limits(self.config, pre_auth=False)
+        logger.debug("%s authenticated as %s@%s", self.peer, username, domain)
+
+    async def _bind(self, action: act.BindResource) -> None:
+        session = self.session
+        if session is None or session.username is None:  # pragma: no cover - c2s order
+            self.close(StreamError("not-authorized"))
+            return
+        try:
+            jid = self.services.sessions.bind(session, session.username, action.resource)
+        except JIDError:
+            await self._run(self.stream.bind_failed(action.request, "bad-request", "modify"))
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        session.log.info("bound from %s", self.peer)
+        await self._run(self.stream.bound(action.request, str(jid)))
+        await self.services.session_bound(session)
+
+    async def _nonza(self, element: etree._Element) -> None:
+        session = self.session
+        # The parser only yields elements, whose tags are str (types-lxml is broader).
+        tag = cast(str, element.tag)
+        handler = session.host.nonza_handlers.get(tag) if session else None
+        if session is None or handler is None:
+            self.close(StreamError("unsupported-stanza-type"))
+            return
+        await handler(session, element)
+
+    def _post_auth_features(self) -> list[etree._Element]:
+        session = self.session
+        if session is None:
+            return []
+        out = []
+        for provider in session.host.stream_features:
+            feature = provider(session)
+            if feature is not None:
+                out.append(feature)
+        return out
+
+    def _auth_timeout(self) -> None:
+        self._timer = None
+        if not self._closed and (self.session is None or self.session.jid is None):
+            logger.info("closing unauthenticated connection from %s (timeout)", self.peer)
+            if self._handshaking:
+                self._abort()
+            else:
+                self.close(StreamError("connection-timeout", "authentication took too long"))
+
+    # --- output -------------------------------------------------------------------------
+    def send_element(self, element: etree._Element) -> None:
+        """Queue one top-level element (SessionTransport)."""
+        if not self._closed:
+            self._write(serialize(element))
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self.transport is None or self._handshaking:
+            return  # output waits until the TLS layer is in place
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self._header_sent = True
+        if self._ssl is not None:
+            try:
+                self._ssl.write(data)
+            except (ssl.SSLError, OSError) as exc:
+                logger.info("TLS write to %s failed: %s", self.peer, exc)
+                self._abort()
+                return
+            self._write_tls_output()
+        else:
+            self.transport.write(data)
+
+    def close(self, error: StreamError | None = None) -> None:
+        """Close the stream: stream error (if any), closing tag, then the transport."""
+        if self._closed or self.transport is None:
+            return
+        if error is not None:
+            if not self.stream.header_sent and not self._handshaking:
+                # RFC 6120 §4.9.1.1: an error during stream setup still follows our header.
+                self._write(self.stream.header())
+            self._write(error.to_bytes())
+        self._write(STREAM_CLOSE)
+        self._flush()
+        self._closed = True
+        if self._ssl is not None and not self._handshaking:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self._ssl.unwrap()
+            self._write_tls_output()
+        self.transport.close()
+
+    def _abort(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _is_session_iq(element: etree._Element) -> bool:
+    return (
+        len(element) == 1
+        and element[0].tag == "{urn:ietf:params:xml:ns:xmpp-session}session"
+        and element.get("type") == "set"
+    )
