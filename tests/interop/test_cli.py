@@ -170,6 +170,10 @@ async def test_serve_deluser_ends_sessions_and_sigterm_shuts_down(
     assert result.returncode == 0
     late = await RawClient.connect(port)
     await late.login("late", "pw2")
+    # SIGHUP reloads certificates and log levels; sessions are kept.
+    proc.send_signal(signal.SIGHUP)
+    await raw.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert (await raw.expect("{jabber:client}iq")).get("type") == "result"
     status = await asyncio.to_thread(run, config, "status")
     assert "sessions: 2" in status.stdout
     result = await asyncio.to_thread(run, config, "deluser", "alice@localhost")
