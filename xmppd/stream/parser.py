@@ -1,38 +1,29 @@
 """RFC 6120 §4 and §11: incremental XML stream parser enforcing restricted XML and size limits.
 
-`StreamParser.feed(bytes)` returns parse events; it does no I/O and keeps no timers.
+Sans-I/O: `StreamParser.feed(bytes)` returns parse events. States:
 
-Theory of operation
--------------------
-States:
+- PROLOG: no lxml parser yet. The bytes before the root element are buffered and scanned
+  here, so a DOCTYPE (with any entity declarations: "billion laughs"), comment or PI never
+  reaches lxml; only a UTF-8 BOM, the XML declaration and whitespace may precede the header.
+- OPEN: an lxml `XMLPullParser` holds the stream. Bytes go to it in slices of at most 8 KiB
+  and the events of each slice are checked as they stream in (depth, element and attribute
+  counts on start events; comments and PIs refused), so a hostile stanza costs one slice.
+- HIBERNATED: the parser was dropped while idle; the next `feed` re-creates it with a
+  synthetic header carrying the original namespace declarations (no `StreamOpened`).
+- CLOSED: after ``</stream:stream>``; later bytes are ignored. `reset` (stream restart,
+  RFC 6120 §5.4.3.3 and §6.4.6) returns to PROLOG from any state.
 
-- PROLOG: no lxml parser yet. The bytes before the stream header are buffered and scanned
-  here, so a DOCTYPE (and with it any entity declaration, e.g. "billion laughs"), a comment
-  or a processing instruction is rejected before lxml ever sees it. Only an optional UTF-8
-  BOM, the XML declaration and whitespace may precede the root element (RFC 6120 §11.1).
-- OPEN: an lxml `XMLPullParser` holds the stream. Bytes go to it in slices of at most a few
-  KiB; after each slice the events are checked as they stream in (depth, element count and
-  attribute count on start events; comments and PIs rejected), so a hostile stanza is stopped
-  after one slice rather than after it has been built.
-- HIBERNATED: the parser was dropped while idle; the next `feed()` re-creates it and feeds it
-  a synthetic header carrying the original namespace declarations (no `StreamOpened`).
-- CLOSED: after ``</stream:stream>``; further bytes are ignored.
+Entities: lxml runs with ``resolve_entities="internal"``, not ``False``: with ``False`` it
+deliberately swallows "undeclared entity" errors and the parse silently stalls (lxml 6,
+``_FeedParser.feed``). No DTD can reach lxml, so no entity is declared, nothing is expanded,
+and every reference but the predefined ones and character references fails as undeclared.
 
-`reset()` (stream restart after STARTTLS or SASL, RFC 6120 §5.4.3.3 and §6.4.6) returns to
-PROLOG.
-
-Entity references: the parser uses ``resolve_entities="internal"``, not ``False``. With
-``False`` lxml deliberately swallows "undeclared entity" errors and the parse silently stalls
-(lxml 6, ``_FeedParser.feed``). Since no DTD can reach lxml, no entity can be declared, so
-nothing is ever expanded and every reference other than the five predefined ones and
-character references fails as undeclared; that failure is reported as restricted-xml.
-
-Completed top-level elements leave the stream tree at their end event: the original moves
-into a holder element that declares the header's namespaces (so nothing is renamed ``ns0:``)
-and lives in a document that does not reference this parser, and the element handed out is
-a copy of it: a document root with its default namespace declared on itself, which
-serializes without stray declarations and does not keep the parser alive after `hibernate`.
-The originals are freed after each slice, so neither tree accumulates children.
+Each completed top-level element leaves the stream tree at its end event: it moves into a
+holder that declares the header's namespaces (so nothing is renamed ``ns0:``) in a document
+that does not reference this parser, and what is handed out is a copy of it: a document root
+with its default namespace declared on itself, which serializes without stray declarations
+and does not keep the parser alive after `hibernate`. The moved originals are freed after
+each slice, so neither tree accumulates children.
 """
 
 from __future__ import annotations
@@ -40,20 +31,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
 from xmppd.errors import StreamError
-
-__all__ = [
-    "PRE_AUTH_LIMITS",
-    "ElementReceived",
-    "ParseEvent",
-    "ParserLimits",
-    "StreamClosed",
-    "StreamOpened",
-    "StreamParser",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +93,8 @@ _PROLOG_MAX = 1024  # BOM + XML declaration + whitespace before the header; real
 _BOM_UTF8 = b"\xef\xbb\xbf"
 _XML_WS = b" \t\r\n"
 _ENCODING_DECL = re.compile(rb"""encoding\s*=\s*["']([^"']*)["']""")
-# The bytes from the last "<" of a slice: one complete tag (quoted values may hold ">"),
-# then only whitespace. Together with "the last event was a top-level boundary" this proves
-# that lxml holds no partial element.
+# From the last "<" of a slice: one complete tag (quoted values may hold ">") and whitespace.
+# With "the last event was a top-level boundary" it proves lxml holds no partial element.
 _COMPLETE_TAG = re.compile(rb"""<(?:[^'">]|'[^']*'|"[^"]*")*>[ \t\r\n]*""")
 _ENTITY_ERRORS = frozenset(
     {etree.ErrorTypes.ERR_UNDECLARED_ENTITY, etree.ErrorTypes.WAR_UNDECLARED_ENTITY}
@@ -125,14 +106,9 @@ def _policy(limit: str, value: int) -> StreamError:
 
 
 def _syntax_error(exc: etree.XMLSyntaxError) -> StreamError:
-    if exc.code in _ENTITY_ERRORS:
-        # RFC 6120 §11.1: no entity references other than the predefined ones.
+    if exc.code in _ENTITY_ERRORS:  # RFC 6120 §11.1: only the predefined entities
         return StreamError("restricted-xml", "entity references are not allowed")
     return StreamError("not-well-formed", exc.msg)
-
-
-def _attr(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
 
 
 class StreamParser:
@@ -160,12 +136,7 @@ class StreamParser:
     )
 
     def __init__(self, limits: ParserLimits = ParserLimits()) -> None:
-        """Create a parser expecting a stream header.
-
-        Args:
-            limits: the limits to enforce; `limits` may be replaced at any time (the
-                connection raises them after authentication).
-        """
+        """Expect a stream header; `limits` may be replaced later (e.g. after authentication)."""
         self.limits = limits
         self.reset()
 
@@ -177,28 +148,24 @@ class StreamParser:
         self._wake_header: bytes | None = None
         self._prolog = b""
         self._depth = -1  # -1 before the header, 0 between stanzas, 1 in a stanza, ...
-        self._elements = 0
-        self._pending = 0
+        self._elements = self._pending = self._log_seen = 0
         self._idle = False
         self._closed = False
 
     def hibernate(self) -> bool:
-        """Drop the lxml parser if the stream is open and idle, to save its memory.
+        """Drop the lxml parser (~10 KiB) if the stream is open and nothing is buffered.
 
         Returns:
-            True if the parser was dropped; the next `feed` re-creates it transparently.
+            True if it was dropped; the next `feed` re-creates it transparently.
         """
         root = self._root
         if root is None or self._depth != 0 or not self._idle:
             return False
-        qname = etree.QName(root).localname
-        if root.prefix:
-            qname = f"{root.prefix}:{qname}"
-        decls = "".join(
-            f' xmlns{":" + prefix if prefix else ""}="{_attr(uri)}"'
-            for prefix, uri in root.nsmap.items()
-        )
-        self._wake_header = f"<{qname}{decls}>".encode()
+        name = etree.QName(root).localname
+        name = f"{root.prefix}:{name}" if root.prefix else name
+        for prefix, uri in root.nsmap.items():
+            name += f" xmlns{':' + prefix if prefix else ''}={quoteattr(uri)}"
+        self._wake_header = f"<{name}>".encode()
         self._parser = self._root = self._holder = None
         return True
 
@@ -265,7 +232,7 @@ class StreamParser:
         return parser
 
     def _scan_prolog(self, data: bytes) -> bytes | None:
-        """Check the bytes before the root element; return them all once it has begun."""
+        """Check the bytes before the root element; return them all once it begins."""
         buf = self._prolog + data
         if len(buf) < 3 and _BOM_UTF8.startswith(buf):
             self._prolog = buf
@@ -340,12 +307,10 @@ class StreamParser:
                 raise _policy("max_stanza_bytes", limits.max_stanza_bytes)
 
     def _check_log(self, log: etree._ListErrorLog) -> None:
-        """Reject XML-NAMES violations, which libxml2 reports without stopping.
-
-        An undeclared prefix or a duplicate namespaced attribute would otherwise be passed
-        on, and the recipient's parser would fail on it (RFC 6120 §11.2, §4.9.3.13).
-        Warnings, e.g. the relative namespace URI ``vcard-temp``, are fine (and capped).
-        """
+        # libxml2 logs XML-NAMES violations (undeclared prefix, duplicate namespaced
+        # attribute) and goes on; passed on, they would break the recipient's parser
+        # (RFC 6120 §11.2). Warnings (capped by libxml2), e.g. for the relative namespace
+        # URI "vcard-temp", are fine.
         entries = list(log)
         new, self._log_seen = entries[self._log_seen :], len(entries)
         for entry in new:
@@ -358,8 +323,8 @@ class StreamParser:
         """Check and dispatch the events of one slice (the hot loop).
 
         Returns:
-            Whether the last top-level transition was a boundary (None if there was none),
-            and whether the currently open top-level element started in this slice.
+            Whether the last top-level event was a boundary (None: no such event), and
+            whether the open top-level element started in this slice.
         """
         depth, elements = self._depth, self._elements
         max_depth, max_elements = limits.max_depth, limits.max_elements

@@ -15,8 +15,6 @@ from lxml import etree
 
 from xmppd.ns import NS_CLIENT, NS_STREAMS
 
-__all__ = ["STREAM_CLOSE", "serialize", "stream_header"]
-
 STREAM_CLOSE: bytes = b"</stream:stream>"
 
 
