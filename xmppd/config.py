@@ -219,17 +219,20 @@ def parse(data: Mapping[str, Any], *, base: Path, origin: str, path: Path | None
             domain = prep_domain(raw)
         except JIDError as exc:
             raise top.error("hosts", f"{raw!r} is not a valid domain: {exc}") from exc
+        if any(h.domain == domain for h in hosts):
+            raise top.error("hosts", f"{raw!r} is listed twice")
         ht = host_tables.table_of(raw) if raw in host_tables.table else _Reader({}, "", origin)
         ht.where = f'host."{raw}"'
-        hosts.append(
-            HostConfig(
-                domain=domain,
-                modules_enabled=ht.strings("modules_enabled", None),
-                modules=_module_tables(ht),
-                cert=_path(base, ht.get("cert", str, "")),
-                key=_path(base, ht.get("key", str, "")),
-            )
+        host = HostConfig(
+            domain=domain,
+            modules_enabled=ht.strings("modules_enabled", None),
+            modules=_module_tables(ht),
+            cert=_path(base, ht.get("cert", str, "")),
+            key=_path(base, ht.get("key", str, "")),
         )
+        if bool(host.cert) != bool(host.key):
+            raise ht.error("cert" if host.cert is None else "key", "cert and key go together")
+        hosts.append(host)
         ht.finish()
     for raw in host_tables.table:
         if raw not in domains:

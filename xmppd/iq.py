@@ -94,18 +94,23 @@ class IqDispatcher:
                 future.set_result(element)
             return None
         payload = element[0]  # the router guarantees exactly one child for get/set
+        # An IQ with no 'to' is handled on behalf of the sender's account (RFC 6120 §10.3.3);
+        # the reply comes from that bare JID so that it can be routed back.
+        responder = str(stanza.to) if stanza.to is not None else str(stanza.from_.bare)
         # Parsed elements have str tags (types-lxml's type is broader).
         handler = self._handlers.get((type_ or "", cast(str, payload.tag), target))
         if handler is None:
-            return error_reply(element, StanzaError("service-unavailable"))
+            return error_reply(element, StanzaError("service-unavailable"), from_=responder)
         try:
             result = await handler(IqRequest(stanza, payload, origin))
         except StanzaError as err:
-            return error_reply(element, err)
+            return error_reply(element, err, from_=responder)
         except Exception:
             logger.exception("IQ handler for %s failed", payload.tag)
-            return error_reply(element, StanzaError("internal-server-error"))
-        return iq_result(element, result)
+            return error_reply(element, StanzaError("internal-server-error"), from_=responder)
+        reply = iq_result(element, result)
+        reply.set("from", responder)
+        return reply
 
     def expect(self, to: JID, id_: str) -> asyncio.Future[etree._Element]:
         """Register a pending outgoing request; resolved by the matching result/error."""

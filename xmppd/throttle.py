@@ -57,7 +57,7 @@ class AuthThrottle:
         now = self.clock()
         if len(self._log) >= self.max_keys:
             # Bounded memory under a spray of addresses: drop the oldest keys.
-            for key in list(self._log)[: self.max_keys // 10]:
+            for key in list(self._log)[: max(1, self.max_keys // 10)]:
                 del self._log[key]
         keys = [f"ip:{ip}"] + ([f"user:{account}"] if account else [])
         for key in keys:

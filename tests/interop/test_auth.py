@@ -97,7 +97,8 @@ async def test_legacy_session_is_advertised_optional_and_answered(server: Server
         "<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>"
     )
     reply = await raw.expect("{jabber:client}iq")
-    assert reply.get("type") == "result" and reply.get("id") == "s1"
+    assert reply.get("type") == "result"
+    assert reply.get("id") == "s1"
     await raw.close()
 
 
@@ -113,7 +114,7 @@ async def two_host_server(tmp_path: Path) -> AsyncIterator[Server]:
 @pytest.mark.parametrize("name", ["one.test", "two.test", "conference.two.test"])
 async def test_sni_picks_the_hosts_certificate(two_host_server: Server, name: str) -> None:
     ctx = client_context()
-    reader, writer = await asyncio.open_connection(
+    _reader, writer = await asyncio.open_connection(
         "127.0.0.1", two_host_server.ports["c2s_direct_tls"][0], ssl=ctx, server_hostname=name
     )
     ssl_object: ssl.SSLObject = writer.get_extra_info("ssl_object")
