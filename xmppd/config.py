@@ -213,7 +213,7 @@ def parse(data: Mapping[str, Any], *, base: Path, origin: str, path: Path | None
     if not domains:
         raise top.error("hosts", "at least one host is required")
     host_tables = top.table_of("host")
-    hosts = []
+    hosts: list[HostConfig] = []
     for raw in domains:
         try:
             domain = prep_domain(raw)

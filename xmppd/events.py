@@ -81,15 +81,16 @@ class EventBus:
         self._add(key, handler, priority)
 
     def _add(self, key: object, handler: Callable[[Any], Awaitable[Any]], priority: int) -> None:
-        entries = self._handlers.setdefault(key, [])
-        entries.append((priority, handler))
+        # Copy-on-write: a running chain keeps iterating the list it started with.
+        entries = [*self._handlers.get(key, []), (priority, handler)]
         entries.sort(key=lambda entry: -entry[0])  # stable: equal priorities keep order
+        self._handlers[key] = entries
 
     def remove(self, key: object, handler: Callable[[Any], Awaitable[Any]]) -> None:
         """Unregister a handler (no error if absent)."""
         entries = self._handlers.get(key)
         if entries:
-            entries[:] = [e for e in entries if e[1] != handler]
+            self._handlers[key] = [e for e in entries if e[1] != handler]
 
     def has_handlers(self, key: object) -> bool:
         """Whether any handler is registered for `key`."""
@@ -99,6 +100,7 @@ class EventBus:
         """Run handlers until one returns True; return whether the event was consumed."""
         entries = self._handlers.get(key)
         if entries:
+            # remove() builds a new list, so handlers may unregister while the chain runs.
             for _prio, handler in entries:
                 if await handler(payload):
                     return True
@@ -109,7 +111,7 @@ class EventBus:
         entries = self._handlers.get(key)
         if not entries:
             return
-        for _prio, handler in list(entries):
+        for _prio, handler in entries:
             try:
                 await handler(payload)
             except Exception:

@@ -123,6 +123,9 @@ class ServerServices(Protocol):
     def add_service_host(self, parent: Host, subdomain: str) -> Host:
         """Create a service subdomain host (e.g. conference.<host>)."""
 
+    def remove_service_host(self, host: Host) -> None:
+        """Stop serving a service subdomain host."""
+
     def server_version(self) -> str:
         """The server software version."""
 
@@ -267,6 +270,7 @@ class ModuleContext:
     def add_service_host(self, subdomain: str) -> Host:
         """Create a service subdomain host (`<subdomain>.<this host>`) and list it in disco."""
         child = self.services.add_service_host(self.host, subdomain)
+        self._undo.append(lambda: self.services.remove_service_host(child))
         self.add_disco_item(DiscoItem(child.domain))
         return child
 

@@ -83,6 +83,12 @@ def build_options(cls: type[Module], raw: Mapping[str, Any], where: str) -> obje
         return options_cls()
     hints = typing.get_type_hints(options_cls)
     fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    for name, field in fields.items():
+        required = (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        if required and name not in raw:
+            raise ConfigError(f"{where}.{name}: required option missing")
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown option")

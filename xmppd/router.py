@@ -65,12 +65,12 @@ class Router:
         kind = STANZA_TAGS[cast(str, element.tag)]
         sender = session.full_jid
         element.set("from", str(sender))
-        type_ = element.get("type")
         try:
-            to = self._check(element, kind, type_)
+            to = self._check(element, kind, element.get("type"))
         except StanzaError as err:
             await self._reply_error(element, err, session.host.domain)
             return
+        type_ = element.get("type")  # read after _check, which normalises unknown message types
         stanza = Stanza(element, kind, type_, sender, to)
         try:
             event = ev.StanzaEvent(stanza, session, to or sender.bare)

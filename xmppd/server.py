@@ -237,6 +237,11 @@ class Server:
         self.delivery.register(host)
         return host
 
+    def remove_service_host(self, host: Host) -> None:
+        """Stop serving a service subdomain (its sessions were never local accounts)."""
+        if host.parent is not None and self.hosts.get(host.domain) is host:
+            del self.hosts[host.domain]
+
     def server_version(self) -> str:
         """The software version."""
         return __version__

@@ -27,6 +27,7 @@ from lxml import etree
 
 from xmppd import ns
 from xmppd.errors import StreamError
+from xmppd.jid import JID, JIDError
 from xmppd.sasl import (
     Challenge,
     ChannelBindings,
@@ -300,7 +301,7 @@ class C2SStream:
             username = self.username
             if username is None:  # pragma: no cover - a mechanism never succeeds unlooked-up
                 return self._sasl_failure("not-authorized")
-            if step.authzid and step.authzid not in (f"{username}@{self.domain}",):
+            if step.authzid and not self._own_authzid(step.authzid, username):
                 # RFC 6120 §6.4.6: we do not let one user act as another.
                 return self._sasl_failure("invalid-authzid")
             success = _el("success", ns.NS_SASL)
@@ -313,6 +314,13 @@ class C2SStream:
             return [Send(serialize(success)), Authenticated(username), ResetParser()]
         assert isinstance(step, Failure)
         return self._sasl_failure(step.condition, record=step.condition == "not-authorized")
+
+    def _own_authzid(self, authzid: str, username: str) -> bool:
+        """Whether the authzid names the authenticated account itself (compared prepared)."""
+        try:
+            return JID.parse(authzid) == JID(username, self.domain or "", None)
+        except JIDError:
+            return False
 
     def _sasl_failure(self, condition: str, *, record: bool = False) -> list[Action]:
         failure = _el("failure", ns.NS_SASL)
