@@ -111,13 +111,17 @@ async def _serve_async(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    reloads: set[asyncio.Task[None]] = set()
+
     def reload() -> None:
         try:
             fresh = config_mod.load(config.path)
             log.setup(fresh.log_level, fresh.log_levels)
         except ConfigError as exc:
             logger.error("reload: %s", exc)
-        server.reload()
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:

@@ -21,7 +21,7 @@ from xmppd import __version__, certs
 from xmppd import events as ev
 from xmppd.accounts import AccountStore
 from xmppd.admin import AdminServer
-from xmppd.config import Config, ConfigError
+from xmppd.config import Config
 from xmppd.delivery import Delivery
 from xmppd.errors import StreamError
 from xmppd.hosts import Host
@@ -139,12 +139,12 @@ class Server:
             await listener.wait_closed()
         logger.info("stopped")
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """SIGHUP: reload certificates (new connections use them); sessions are kept."""
         try:
-            self._load_tls()
+            await asyncio.to_thread(self._load_tls)
             logger.info("certificates reloaded")
-        except (OSError, ssl.SSLError, ConfigError) as exc:
+        except (OSError, ssl.SSLError, ValueError) as exc:
             logger.error("certificate reload failed, keeping the old ones: %s", exc)
 
     # --- TLS -------------------------------------------------------------------------------
