@@ -187,5 +187,9 @@ MESSAGE_OFFLINE: ChainKey[MessageOffline] = ChainKey("message/offline")
 SESSION_BOUND: NotifyKey[SessionEvent] = NotifyKey("session/bound")
 INITIAL_PRESENCE: NotifyKey[SessionEvent] = NotifyKey("session/initial-presence")
 SESSION_UNAVAILABLE: NotifyKey[SessionEvent] = NotifyKey("session/unavailable")
+# The connection of a bound session is gone. A handler returning True keeps the session bound
+# but detached (stream management hibernation); it must later re-attach it or end it with
+# ModuleContext.end_session(). With no handler consuming it, the session ends.
+SESSION_LOST: ChainKey[SessionEvent] = ChainKey("session/lost")
 SESSION_ENDED: NotifyKey[SessionEnded] = NotifyKey("session/ended")
 SHUTDOWN: NotifyKey[Shutdown] = NotifyKey("server/shutdown")

@@ -27,7 +27,7 @@ from xmppd.storage import ArchiveStore, KeyValueStore, StoreKind
 
 if TYPE_CHECKING:
     from xmppd.hosts import Host, NonzaHandler, StreamFeatureProvider
-    from xmppd.session import SendFilter
+    from xmppd.session import SendFilter, Session
     from xmppd.session_manager import SessionManager
 
 __all__ = [
@@ -125,6 +125,9 @@ class ServerServices(Protocol):
 
     def remove_service_host(self, host: Host) -> None:
         """Stop serving a service subdomain host."""
+
+    async def session_ended(self, session: Session, reason: str) -> None:
+        """End a bound session."""
 
     def server_version(self) -> str:
         """The server software version."""
@@ -313,6 +316,11 @@ class ModuleContext:
             task.cancel()
 
         self._undo.append(cancel)
+
+    async def end_session(self, session: Session, reason: str) -> None:
+        """End a session for good (unbind, unavailable broadcast, SESSION_ENDED)."""
+        session.close()
+        await self.services.session_ended(session, reason)
 
     @property
     def sessions(self) -> SessionManager:

@@ -191,6 +191,13 @@ class Server:
         """Fire SESSION_BOUND."""
         await session.host.bus.notify(ev.SESSION_BOUND, ev.SessionEvent(session))
 
+    async def connection_lost(self, session: Session, reason: str) -> None:
+        """A bound session lost its connection: a module may keep it detached (SESSION_LOST)."""
+        if self._stopping or not await session.host.bus.chain(
+            ev.SESSION_LOST, ev.SessionEvent(session)
+        ):
+            await self.session_ended(session, reason)
+
     async def session_ended(self, session: Session, reason: str) -> None:
         """Unbind; broadcast unavailable for a session that did not say so (RFC 6121 §4.6)."""
         if not self.sessions.unbind(session):

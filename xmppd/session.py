@@ -95,6 +95,15 @@ class Session:
         if self.conn is not None:
             self.conn.send_element(element)
 
+    def attach(self, conn: SessionTransport) -> None:
+        """Carry this session on another connection (stream management resumption)."""
+        self.conn = conn
+
+    @property
+    def detached(self) -> bool:
+        """Bound but without a connection (kept by a SESSION_LOST handler)."""
+        return self.conn is None
+
     def close(self, error: StreamError | None = None) -> None:
         """End the session's stream (with a stream error if given)."""
         if self.conn is not None:

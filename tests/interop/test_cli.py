@@ -184,3 +184,22 @@ async def test_serve_deluser_ends_sessions_and_sigterm_shuts_down(
     assert await late.stream_error() == "system-shutdown"
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert not (config.parent / "data" / "admin.sock").exists()
+
+
+def test_cert_import_lets_encrypt_layout(tmp_path: Path) -> None:
+    from xmppd.certs import generate_self_signed
+
+    live = tmp_path / "letsencrypt" / "live"
+    generate_self_signed(
+        ["localhost"], live / "localhost" / "fullchain.pem", live / "localhost" / "privkey.pem"
+    )
+    config = write_config(tmp_path)
+    result = run(config, "cert", "import", str(live))
+    assert result.returncode == 0, result.stderr
+    assert "imported localhost" in result.stdout
+    key = tmp_path / "data" / "certs" / "localhost.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert run(config, "check").returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(config, "cert", "import", str(empty)).returncode == 1

@@ -73,8 +73,8 @@ class ConnectionServices(Protocol):
     async def session_bound(self, session: Session) -> None:
         """A session was bound (fires SESSION_BOUND)."""
 
-    async def session_ended(self, session: Session, reason: str) -> None:
-        """A bound session is gone (unavailable broadcast, SESSION_ENDED)."""
+    async def connection_lost(self, session: Session, reason: str) -> None:
+        """The connection of a bound session closed (SESSION_LOST, then maybe the end)."""
 
 
 def _limits(config: Config, pre_auth: bool) -> ParserLimits:
@@ -186,7 +186,7 @@ class C2SConnection(asyncio.Protocol):
             session.conn = None
             if session.jid is not None:
                 reason = str(exc) if exc else "connection closed"
-                self._loop.create_task(self.services.session_ended(session, reason))
+                self._loop.create_task(self.services.connection_lost(session, reason))
 
     # --- TLS ----------------------------------------------------------------------------
     def _start_tls(self) -> None:
