@@ -60,7 +60,7 @@ class Server:
         self.ports: dict[str, list[int]] = {"c2s": [], "c2s_direct_tls": []}
         self._listeners: list[asyncio.AbstractServer] = []
         self._tls: ssl.SSLContext | None = None
-        self._cert_der: dict[int, bytes] = {}
+        self._end_point: dict[int, bytes] = {}
         self._admin: AdminServer | None = None
         self._stopping = False
 
@@ -150,7 +150,7 @@ class Server:
     # --- TLS -------------------------------------------------------------------------------
     def _load_tls(self) -> None:
         contexts: dict[str, ssl.SSLContext] = {}
-        der: dict[int, bytes] = {}
+        end_point: dict[int, bytes] = {}
         for host_config in self.config.hosts:
             cert, key = host_config.cert or self.config.cert, host_config.key or self.config.key
             if cert is None or key is None:
@@ -159,11 +159,12 @@ class Server:
             contexts[host_config.domain] = context
             # The leaf (first) certificate is the one tls-server-end-point hashes (RFC 5929).
             leaf = x509.load_pem_x509_certificate(cert.read_bytes())
-            der[id(context)] = leaf.public_bytes(serialization.Encoding.DER)
+            der = leaf.public_bytes(serialization.Encoding.DER)
+            end_point[id(context)] = certs.tls_server_end_point(der)  # once, not per connection
         first = self.config.hosts[0]
         default = contexts[first.domain]
         self._tls = certs.sni_context(contexts, default) if len(contexts) > 1 else default
-        self._cert_der = der
+        self._end_point = end_point
 
     def _generated_cert(self, domain: str) -> tuple[Path, Path]:
         certs_dir = self.config.certs_dir
@@ -182,9 +183,9 @@ class Server:
         """The SNI-aware server context."""
         return self._tls
 
-    def cert_der(self, context: ssl.SSLContext) -> bytes | None:
-        """The certificate `context` serves (tls-server-end-point channel binding)."""
-        return self._cert_der.get(id(context))
+    def end_point_binding(self, context: ssl.SSLContext) -> bytes | None:
+        """RFC 5929 tls-server-end-point data of the certificate `context` serves."""
+        return self._end_point.get(id(context))
 
     # --- sessions --------------------------------------------------------------------------
     async def session_bound(self, session: Session) -> None:
@@ -208,7 +209,7 @@ class Server:
             for other in self.sessions.available(session.full_jid.bare):
                 other.send(unavailable)
             await session.host.bus.notify(ev.SESSION_UNAVAILABLE, ev.SessionEvent(session))
-        session.log.info("session ended: %s", reason)
+        session.log.info("session from %s ended: %s", session.peer or "?", reason)
         await session.host.bus.notify(ev.SESSION_ENDED, ev.SessionEnded(session, reason=reason))
 
     # --- ServerServices (module API) -------------------------------------------------------

@@ -59,6 +59,7 @@ class Session:
         "jid",
         "log",
         "on_handled",
+        "peer",
         "presence",
         "priority",
         "username",
@@ -75,6 +76,7 @@ class Session:
         self.priority = 0
         self.presence: etree._Element | None = None  # last broadcast presence
         self.on_handled: Callable[[], None] | None = None  # stream management counts here
+        self.peer = ""  # the client's address, for logs
         self.ext: dict[type, object] | None = None  # per-module state, keyed by module class
         self.log = SessionLog(logger, {"session": self})
 

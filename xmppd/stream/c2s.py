@@ -65,6 +65,9 @@ SASL_ABORT = f"{{{ns.NS_SASL}}}abort"
 BIND = f"{{{ns.NS_BIND}}}bind"
 SESSION = f"{{{ns.NS_SESSION}}}session"
 MAX_SASL_ATTEMPTS = 5
+# Serialised pre-authentication features by (secure, tls, required, mechanisms, cb types):
+# a handful of combinations per server, so the cache stays tiny.
+_FEATURES_CACHE: dict[tuple[object, ...], bytes] = {}
 
 
 class State(Enum):
@@ -184,7 +187,7 @@ class C2SStream:
             self.state = State.CLOSED
             return [*out, Close(error)]
         self.domain = to
-        out.append(Send(serialize(self._features())))
+        out.append(Send(self._features_bytes()))
         self.state = State.BIND if self.authenticated else State.NEGOTIATING
         return out
 
@@ -194,6 +197,32 @@ class C2SStream:
         self.header_sent = True
         domain = domain or self.domain or min(self.domains)
         return stream_header(from_=domain, to=None, id_=self.stream_id, version="1.0")
+
+    def _features_bytes(self) -> bytes:
+        """Serialised features; the pre-authentication ones depend only on a few flags and are
+        built once per combination (a login goes through two of them)."""
+        if self.authenticated:
+            return serialize(self._features())
+        if self.secure or not (self.tls_available and self.require_encryption):
+            self.bindings = ChannelBindings(
+                self.bindings.data, plus_offered=bool(self.bindings.data)
+            )
+            self._offered = [
+                m
+                for m in mechanisms_for(self.secure, self.bindings)
+                if m != "PLAIN" or self.allow_plain
+            ]
+        key = (
+            self.secure,
+            self.tls_available,
+            self.require_encryption,
+            tuple(self._offered),
+            tuple(self.bindings.data),
+        )
+        cached = _FEATURES_CACHE.get(key)
+        if cached is None:
+            cached = _FEATURES_CACHE[key] = serialize(self._features())
+        return cached
 
     def _features(self) -> etree._Element:
         features = etree.Element(f"{{{ns.NS_STREAMS}}}features", nsmap={"stream": ns.NS_STREAMS})
@@ -211,12 +240,6 @@ class C2SStream:
             features.append(starttls)
             if self.require_encryption:
                 return features
-        self.bindings = ChannelBindings(self.bindings.data, plus_offered=bool(self.bindings.data))
-        self._offered = [
-            m
-            for m in mechanisms_for(self.secure, self.bindings)
-            if m != "PLAIN" or self.allow_plain
-        ]
         mechanisms = _el("mechanisms", ns.NS_SASL)
         for name in self._offered:
             _sub(mechanisms, "mechanism", name)

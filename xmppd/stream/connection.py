@@ -67,8 +67,8 @@ class ConnectionServices(Protocol):
     def tls_context(self) -> ssl.SSLContext | None:
         """The server TLS context (SNI-aware), None when TLS is unavailable."""
 
-    def cert_der(self, context: ssl.SSLContext) -> bytes | None:
-        """The DER certificate served by `context` (for tls-server-end-point)."""
+    def end_point_binding(self, context: ssl.SSLContext) -> bytes | None:
+        """RFC 5929 tls-server-end-point channel-binding data of `context`'s certificate."""
 
     async def session_bound(self, session: Session) -> None:
         """A session was bound (fires SESSION_BOUND)."""
@@ -144,7 +144,6 @@ class C2SConnection(asyncio.Protocol):
         self._busy = False
         self._paused = False
         self._closed = False
-        self._header_sent = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -207,27 +206,23 @@ class C2SConnection(asyncio.Protocol):
         try:
             self._ssl.do_handshake()
         except ssl.SSLWantReadError:
-            self._write_tls_output()
+            self._schedule_flush()
             return False
         except (ssl.SSLError, OSError) as exc:
             logger.info("TLS handshake with %s failed: %s", self.peer, exc)
             self._abort()
             return False
         self._handshaking = False
-        self._write_tls_output()
         self.stream.tls_established(self._bindings())
-        if self._out:
-            self._flush()
+        self._schedule_flush()  # handshake output, tickets and anything held back
         return True
 
     def _bindings(self) -> ChannelBindings:
         assert self._ssl is not None
-        from xmppd.certs import tls_server_end_point
-
         data: dict[str, bytes] = {}
-        der = self.services.cert_der(self._ssl.context)
-        if der is not None:
-            data["tls-server-end-point"] = tls_server_end_point(der)
+        end_point = self.services.end_point_binding(self._ssl.context)
+        if end_point is not None:
+            data["tls-server-end-point"] = end_point
         if self._ssl.version() == "TLSv1.2":
             # RFC 9266: tls-unique is only sound before TLS 1.3.
             unique = self._ssl.get_channel_binding("tls-unique")
@@ -255,7 +250,8 @@ class C2SConnection(asyncio.Protocol):
         except (ssl.SSLError, OSError) as exc:
             logger.info("TLS error from %s: %s", self.peer, exc)
             self._abort()
-        self._write_tls_output()  # TLS 1.3 may have produced key updates / tickets
+        if self._out_bio is not None and self._out_bio.pending:
+            self._schedule_flush()  # e.g. a TLS 1.3 key update answer
         if chunks:
             self._feed(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
@@ -409,7 +405,10 @@ class C2SConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        session.log.info("bound from %s", self.peer)
+        # One info line per session (at its end, with the peer) keeps logging off the login
+        # path's budget; the bind itself is debug.
+        session.log.debug("bound from %s", self.peer)
+        session.peer = self.peer
         await self._run(self.stream.bound(action.request, str(jid)))
         await self.services.session_bound(session)
 
@@ -451,27 +450,31 @@ class C2SConnection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Write everything queued this loop turn: one TLS write, one socket write."""
         self._flush_scheduled = False
-        if not self._out or self.transport is None or self._handshaking:
-            return  # output waits until the TLS layer is in place
-        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-        self._out.clear()
-        self._header_sent = True
-        if self._ssl is not None:
+        if self.transport is None:
+            return
+        if self._out and not self._handshaking:  # output waits until TLS is in place
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            if self._ssl is None:
+                self.transport.write(data)
+                return
             try:
                 self._ssl.write(data)
             except (ssl.SSLError, OSError) as exc:
                 logger.info("TLS write to %s failed: %s", self.peer, exc)
                 self._abort()
                 return
-            self._write_tls_output()
-        else:
-            self.transport.write(data)
+        self._write_tls_output()
 
     def close(self, error: StreamError | None = None) -> None:
         """Close the stream: stream error (if any), closing tag, then the transport."""
