@@ -8,6 +8,9 @@ import pytest
 from slixmpp.exceptions import IqError
 
 from tests.conftest import ClientFactory
+from xmppd.events import PRE_MESSAGE, Priority, StanzaEvent
+from xmppd.module_api import Module, hook
+from xmppd.server import Server
 
 pytestmark = pytest.mark.interop
 
@@ -112,3 +115,31 @@ async def test_iq_between_users_is_routed_to_the_full_jid(connect: ClientFactory
     bob = await connect("bob@localhost/b")
     await alice.plugin["xep_0199"].ping("bob@localhost/b", timeout=10)
     del bob
+
+
+class _SlowHook(Module):
+    """Suspends on some messages, as a storage-backed hook would."""
+
+    name = "slow_hook"
+
+    @hook(PRE_MESSAGE, priority=Priority.HIGH)
+    async def slow(self, event: StanzaEvent) -> bool:
+        body = event.stanza.element.findtext("{jabber:client}body") or ""
+        if body.startswith("slow"):
+            await asyncio.sleep(0.002)
+        return False
+
+
+async def test_order_is_kept_when_handlers_suspend(connect: ClientFactory, server: Server) -> None:
+    await server.modules.load_one(
+        server.hosts["localhost"], _SlowHook, "slow_hook", _SlowHook.Options()
+    )
+    alice = await connect("alice@localhost/a")
+    bob = await connect("bob@localhost/b")
+    # 400 messages, a third of them suspending: more than the backlog bound (100), so reading
+    # is paused and resumed on the way; order must hold throughout.
+    bodies = [f"slow{i}" if i % 3 == 0 else f"fast{i}" for i in range(400)]
+    for body in bodies:
+        alice.send_message(mto="bob@localhost/b", mbody=body, mtype="chat")
+    got = [(await bob.next_message())["body"] for _ in bodies]
+    assert got == bodies

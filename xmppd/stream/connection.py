@@ -106,8 +106,16 @@ class _Resume:
     def __await__(self) -> Generator[Any, None, None]:
         coro, yielded = self.coro, self.yielded
         while True:
-            # Hand the awaited future to the running task exactly as the coroutine would have.
-            yield yielded
+            # Hand the awaited future to the running task exactly as the coroutine would have,
+            # and pass whatever the task throws in (cancellation) on to the coroutine.
+            try:
+                yield yielded
+            except BaseException as exc:
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
             try:
                 yielded = coro.send(None)
             except StopIteration:
@@ -142,6 +150,7 @@ class C2SConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._queue: deque[ParseEvent] = deque()
         self._busy = False
+        self._task: asyncio.Task[None] | None = None
         self._paused = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -284,7 +293,8 @@ class C2SConnection(asyncio.Protocol):
             except StopIteration:
                 continue
             self._busy = True
-            self._loop.create_task(self._continue(coro, yielded))
+            # Held so the task cannot be garbage-collected while it waits.
+            self._task = self._loop.create_task(self._continue(coro, yielded))
             if len(queue) > self.config.limits.max_backlog and not self._paused:
                 self._pause()
             return
@@ -300,6 +310,7 @@ class C2SConnection(asyncio.Protocol):
                     self._resume()
         finally:
             self._busy = False
+            self._task = None
             if self._paused:
                 self._resume()
             if self._queue and not self._closed:
