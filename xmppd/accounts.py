@@ -1,13 +1,21 @@
 """Local accounts: creation, deletion, password changes; only SCRAM verifiers are stored.
 
-Key derivation (PBKDF2, RFC 5802 §3) is costly, so it runs in a worker thread. Lookups always
-go to storage (no cached absence), so accounts made by the CLI while the server runs are seen.
+Key derivation (PBKDF2, RFC 5802 §3) is costly, so it runs in a worker thread.
+
+Credentials read for a login are cached for a short time (as ejabberd's auth cache does): the
+lookup is a storage round trip on every login, a reconnect storm repeats it per client. Only
+existing accounts are cached (never an absence, so an account created by the CLI while the
+server runs is seen at once); changes made through this store drop the entry, and the CLI
+drops it in a running server through the admin socket (`forget`). The TTL bounds staleness for
+changes made anywhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 
 from xmppd.jid import JID
 from xmppd.sasl import ScramCredentials, StoredCredentials, derive_all
@@ -26,9 +34,23 @@ class AccountError(Exception):
 class AccountStore:
     """Accounts of every local host, in the `accounts` key-value store of each host."""
 
-    def __init__(self, storage: Storage, *, iterations: int = 4096) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        iterations: int = 4096,
+        cache_ttl: float = 0.0,
+        cache_size: int = 10_000,
+    ) -> None:
         self.storage = storage
         self.iterations = iterations
+        self.cache_ttl = cache_ttl
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], tuple[float, StoredCredentials]] = OrderedDict()
+
+    def forget(self, host: str, username: str) -> None:
+        """Drop cached credentials of one account (it changed elsewhere)."""
+        self._cache.pop((host, username), None)
 
     async def exists(self, host: str, username: str) -> bool:
         """Whether `username@host` exists."""
@@ -36,6 +58,22 @@ class AccountStore:
 
     async def credentials(self, host: str, username: str) -> StoredCredentials | None:
         """The stored SCRAM verifiers, or None if there is no such account."""
+        key = (host, username)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None:
+            if now - cached[0] < self.cache_ttl:
+                self._cache.move_to_end(key)
+                return cached[1]
+            del self._cache[key]
+        creds = await self._load(host, username)
+        if creds is not None and self.cache_ttl > 0:
+            self._cache[key] = (now, creds)
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return creds
+
+    async def _load(self, host: str, username: str) -> StoredCredentials | None:
         raw = await self.storage.keyvalue(host, STORE).get(username, KEY)
         if not isinstance(raw, dict):
             return None
@@ -72,6 +110,7 @@ class AccountStore:
         if jid.local is None or not await self.exists(jid.domain, jid.local):
             raise AccountError(f"{jid}: no such account")
         await self.storage.keyvalue(jid.domain, STORE).delete_user(jid.local)
+        self.forget(jid.domain, jid.local)
 
     async def users(self, host: str) -> list[str]:
         """Usernames of `host`, sorted."""
@@ -85,4 +124,5 @@ class AccountStore:
         except ValueError as exc:
             raise AccountError(f"unacceptable password: {exc}") from None
         value = {name: c.to_json() for name, c in creds.items()}
+        self.forget(jid.domain, jid.local or "")
         await self.storage.keyvalue(jid.domain, STORE).set(jid.local or "", KEY, value)  # type: ignore[arg-type]  # dict[str, dict[str, str|int]] is JSON

@@ -204,9 +204,12 @@ async def _accounts_verb(config: Config, args: argparse.Namespace) -> int:
             if not await accounts.exists(jid.domain, jid.local or ""):
                 raise AccountError(f"{jid}: no such account")
             await accounts.set_password(jid, _read_password(f"New password for {jid}: "))
+            # A running server drops its cached credentials of this account at once.
+            await admin.call(config.admin_socket, {"cmd": "account_changed", "jid": str(jid)})
             print(f"password changed for {jid}")
         elif args.verb == "deluser":
             await accounts.delete(jid)
+            await admin.call(config.admin_socket, {"cmd": "account_changed", "jid": str(jid)})
             reply = await admin.call(config.admin_socket, {"cmd": "end_sessions", "jid": str(jid)})
             ended = reply.get("ended", 0) if reply else 0
             print(f"deleted {jid}" + (f" (ended {ended} session(s))" if ended else ""))

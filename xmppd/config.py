@@ -48,6 +48,7 @@ class AuthConfig:
     throttle_failures: int = 5  # failures within the window before delays start
     throttle_window: float = 60.0
     throttle_max_delay: float = 10.0
+    credentials_cache_ttl: float = 30.0  # seconds; 0 disables the login credentials cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,10 @@ def _auth(reader: _Reader) -> AuthConfig:
         throttle_failures=auth.positive("throttle_failures", int, d.throttle_failures),
         throttle_window=auth.positive("throttle_window", float, d.throttle_window),
         throttle_max_delay=auth.positive("throttle_max_delay", float, d.throttle_max_delay),
+        credentials_cache_ttl=auth.get("credentials_cache_ttl", float, d.credentials_cache_ttl),
     )
+    if result.credentials_cache_ttl < 0:
+        raise auth.error("credentials_cache_ttl", "must not be negative")
     if result.scram_iterations < 4096:
         raise auth.error("scram_iterations", "must be at least 4096 (RFC 7677)")
     auth.finish()

@@ -74,7 +74,11 @@ class Server:
             self.storage = await open_storage("memory")
         else:
             self.storage = await open_storage("sqlite", path=self.config.database_path)
-        self._accounts = AccountStore(self.storage, iterations=self.config.auth.scram_iterations)
+        self._accounts = AccountStore(
+            self.storage,
+            iterations=self.config.auth.scram_iterations,
+            cache_ttl=self.config.auth.credentials_cache_ttl,
+        )
         await asyncio.to_thread(self._load_tls)
         for host_config in self.config.hosts:
             host = Host(host_config.domain)
@@ -112,7 +116,11 @@ class Server:
                 logger.info("listening for %s on %s:%d", kind, address, self.ports[kind][-1])
         self._admin = AdminServer(
             self.config.admin_socket,
-            {"end_sessions": self._admin_end_sessions, "status": self._admin_status},
+            {
+                "end_sessions": self._admin_end_sessions,
+                "account_changed": self._admin_account_changed,
+                "status": self._admin_status,
+            },
         )
         await self._admin.start()
         logger.info("xmppd %s serving %s", __version__, ", ".join(sorted(self.hosts)))
@@ -264,6 +272,14 @@ class Server:
         for session in sessions:
             session.close(StreamError("not-authorized", "account removed"))
         return {"ok": True, "ended": len(sessions)}
+
+    async def _admin_account_changed(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jid = JID.parse(str(request.get("jid", "")))
+        except JIDError as exc:
+            return {"ok": False, "error": str(exc)}
+        self.accounts.forget(jid.domain, jid.local or "")
+        return {"ok": True}
 
     async def _admin_status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -174,6 +174,16 @@ async def test_serve_deluser_ends_sessions_and_sigterm_shuts_down(
     proc.send_signal(signal.SIGHUP)
     await raw.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert (await raw.expect("{jabber:client}iq")).get("type") == "result"
+    # a password changed by the CLI takes effect at once despite the login credentials cache
+    result = await asyncio.to_thread(run, config, "passwd", "late@localhost", stdin="pw3\n")
+    assert result.returncode == 0
+    stale = await RawClient.connect(port)
+    with pytest.raises(AssertionError, match="failure"):
+        await stale.login("late", "pw2")
+    await stale.close()
+    fresh = await RawClient.connect(port)
+    await fresh.login("late", "pw3", resource="fresh")
+    await fresh.close()
     status = await asyncio.to_thread(run, config, "status")
     assert "sessions: 2" in status.stdout
     result = await asyncio.to_thread(run, config, "deluser", "alice@localhost")
