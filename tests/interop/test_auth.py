@@ -141,3 +141,67 @@ async def test_direct_tls_selects_alpn_xmpp_client(two_host_server: Server) -> N
     features = await raw.open_stream("two.test")
     assert features.find(f"{SASL}mechanisms") is not None
     await raw.close()
+
+
+@pytest.mark.parametrize("hash_name", ["SHA-1", "SHA-256"])
+async def test_scram_plus_with_tls_server_end_point(server: Server, hash_name: str) -> None:
+    import hashlib
+
+    from tests.helpers.wire import scram_client_final, scram_client_first
+
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1",
+        server.ports["c2s_direct_tls"][0],
+        ssl=client_context(),
+        server_hostname="localhost",
+    )
+    raw = RawClient(reader, writer)
+    await raw.open_stream()
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    cb_data = hashlib.sha256(der).digest()  # RFC 5929 §4.1: ECDSA-with-SHA256 certificate
+    gs2 = "p=tls-server-end-point,,"
+    first, bare = scram_client_first("carol", gs2=gs2)
+    mech = f"SCRAM-{hash_name}-PLUS"
+    await raw.send(
+        f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{base64.b64encode(first.encode()).decode()}</auth>"
+    )
+    challenge = await raw.expect(f"{SASL}challenge")
+    server_first = base64.b64decode(challenge.text or "").decode()
+    final, signature = scram_client_final(
+        PASSWORD, hash_name, bare, server_first, gs2=gs2, cb_data=cb_data
+    )
+    await raw.send(
+        f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{base64.b64encode(final.encode()).decode()}</response>"
+    )
+    success = await raw.expect(f"{SASL}success")
+    assert base64.b64decode(success.text or "") == b"v=" + base64.b64encode(signature)
+    await raw.close()
+
+
+async def test_scram_plus_with_wrong_binding_data_is_refused(server: Server) -> None:
+    from tests.helpers.wire import scram_client_final, scram_client_first
+
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1",
+        server.ports["c2s_direct_tls"][0],
+        ssl=client_context(),
+        server_hostname="localhost",
+    )
+    raw = RawClient(reader, writer)
+    await raw.open_stream()
+    gs2 = "p=tls-server-end-point,,"
+    first, bare = scram_client_first("carol", gs2=gs2)
+    await raw.send(
+        f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256-PLUS'>{base64.b64encode(first.encode()).decode()}</auth>"
+    )
+    challenge = await raw.expect(f"{SASL}challenge")
+    server_first = base64.b64decode(challenge.text or "").decode()
+    final, _sig = scram_client_final(
+        PASSWORD, "SHA-256", bare, server_first, gs2=gs2, cb_data=b"\0" * 32
+    )
+    await raw.send(
+        f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{base64.b64encode(final.encode()).decode()}</response>"
+    )
+    failure = await raw.expect(f"{SASL}failure")
+    assert failure[0].tag == f"{SASL}not-authorized"
+    await raw.close()
