@@ -37,6 +37,7 @@ class Limits:
     pre_auth_max_attributes: int = 16
     auth_timeout: float = 30.0
     max_backlog: int = 100  # stanzas queued behind a suspended handler before pause_reading
+    idle_sweep: float = 10.0  # seconds between sweeps that hibernate idle streams' parsers
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,6 @@ class Session:
         "id",
         "interested",
         "jid",
-        "log",
         "on_handled",
         "peer",
         "presence",
@@ -78,7 +77,11 @@ class Session:
         self.on_handled: Callable[[], None] | None = None  # stream management counts here
         self.peer = ""  # the client's address, for logs
         self.ext: dict[type, object] | None = None  # per-module state, keyed by module class
-        self.log = SessionLog(logger, {"session": self})
+
+    @property
+    def log(self) -> SessionLog:
+        """A logger that prefixes the session id and JID (made on use: no per-session cost)."""
+        return SessionLog(logger, {"session": self})
 
     @property
     def full_jid(self) -> JID:

@@ -96,6 +96,25 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None) -> etree._El
 class C2SStream:
     """One client stream's negotiation state."""
 
+    __slots__ = (
+        "_attempts",
+        "_mech",
+        "_offered",
+        "allow_plain",
+        "authenticated",
+        "bindings",
+        "domain",
+        "domains",
+        "header_sent",
+        "post_auth_features",
+        "require_encryption",
+        "secure",
+        "state",
+        "stream_id",
+        "tls_available",
+        "username",
+    )
+
     def __init__(
         self,
         *,

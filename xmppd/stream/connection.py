@@ -123,7 +123,38 @@ class _Resume:
 
 
 class C2SConnection(asyncio.Protocol):
-    """One client connection (plain with STARTTLS, or direct TLS per XEP-0368)."""
+    """One client connection (plain with STARTTLS, or direct TLS per XEP-0368).
+
+    Memory per idle connection is a product figure: slots only, the event queue exists only
+    while events are pending, and an idle stream's parser hibernates (see `sweep`). No
+    reference cycles survive `connection_lost`, so a closed connection is freed at once,
+    without waiting for the cyclic GC.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_closed",
+        "_flush_scheduled",
+        "_handshaking",
+        "_in_bio",
+        "_loop",
+        "_out",
+        "_out_bio",
+        "_paused",
+        "_queue",
+        "_ssl",
+        "_task",
+        "_timer",
+        "active",
+        "config",
+        "direct_tls",
+        "parser",
+        "peer",
+        "services",
+        "session",
+        "stream",
+        "transport",
+    )
 
     def __init__(self, services: ConnectionServices, *, direct_tls: bool) -> None:
         self.services = services
@@ -148,7 +179,8 @@ class C2SConnection(asyncio.Protocol):
         self._handshaking = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._queue: deque[ParseEvent] = deque()
+        self._queue: deque[ParseEvent] | None = None  # only while events are pending
+        self.active = True  # saw input since the last idle sweep
         self._busy = False
         self._task: asyncio.Task[None] | None = None
         self._paused = False
@@ -175,6 +207,7 @@ class C2SConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        self.active = True
         if self._in_bio is not None:
             self._tls_received(data)
         else:
@@ -188,7 +221,11 @@ class C2SConnection(asyncio.Protocol):
         self.services.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self._out.clear()
+        self._queue = None
+        self.transport = None  # the transport refers to us: break the cycle
+        self.stream.post_auth_features = list  # a bound method of ours: break the cycle
         session = self.session
         if session is not None and session.conn is self:
             session.conn = None
@@ -274,14 +311,20 @@ class C2SConnection(asyncio.Protocol):
             events = self.parser.feed(data)
         except StreamError as err:
             logger.warning("closing stream from %s: %s", self.peer, err)
-            self._queue.clear()
+            self._queue = None
             self.close(err)
             return
         if not events:
             return
-        self._queue.extend(events)
+        if self._queue is None:
+            self._queue = deque(events)
+        else:
+            self._queue.extend(events)
         if not self._busy:
             self._drain()
+        elif len(self._queue) > self.config.limits.max_backlog and not self._paused:
+            # A handler is suspended and input keeps coming: stop reading (back-pressure).
+            self._pause()
 
     def _drain(self) -> None:
         """Process queued events inline until one suspends; then a task takes over."""
@@ -298,7 +341,7 @@ class C2SConnection(asyncio.Protocol):
             if len(queue) > self.config.limits.max_backlog and not self._paused:
                 self._pause()
             return
-        queue.clear()
+        self._queue = None
 
     async def _continue(self, coro: Coroutine[Any, Any, None], yielded: object) -> None:
         try:
@@ -308,6 +351,8 @@ class C2SConnection(asyncio.Protocol):
                 await self._process(queue.popleft())
                 if self._paused and len(queue) < self.config.limits.max_backlog // 2:
                     self._resume()
+            if self._queue is queue and not queue:
+                self._queue = None
         finally:
             self._busy = False
             self._task = None
@@ -443,6 +488,12 @@ class C2SConnection(asyncio.Protocol):
             if feature is not None:
                 out.append(feature)
         return out
+
+    def hibernate(self) -> bool:
+        """Drop the parser of an idle established stream (re-made on the next byte)."""
+        if self._busy or self._queue or self._closed or self.stream.state is not State.ESTABLISHED:
+            return False
+        return self.parser.hibernate()
 
     def _auth_timeout(self) -> None:
         self._timer = None
