@@ -59,6 +59,7 @@ class Server:
         )
         self.modules = ModuleManager(self)
         self.connections: set[C2SConnection] = set()
+        self.congested: C2SConnection | None = None
         self.ports: dict[str, list[int]] = {"c2s": [], "c2s_direct_tls": []}
         self._listeners: list[asyncio.AbstractServer] = []
         self._tls: ssl.SSLContext | None = None
@@ -304,11 +305,15 @@ class Server:
         return {"ok": True}
 
     async def _admin_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        buffers = [conn.buffered() for conn in self.connections]
         return {
             "ok": True,
             "version": __version__,
             "connections": len(self.connections),
             "sessions": len(self.sessions),
+            "output_buffered_bytes": sum(buffers),
+            "output_buffered_max": max(buffers, default=0),
+            "paused_senders": sum(1 for conn in self.connections if conn.blocked),
             "rss_kib": _rss_kib(),
             "hosts": sorted(self.hosts),
             "pid": os.getpid(),

@@ -144,12 +144,14 @@ class RawClient:
         return reply.findtext(".//{urn:ietf:params:xml:ns:xmpp-bind}jid") or ""
 
     async def close(self) -> None:
-        """Close the stream and the socket."""
-        if not self.closed:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send("</stream:stream>")
+        """Close the stream and the socket (abort it if the server already closed it)."""
+        if self.closed:
+            self.writer.transport.abort()
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.send("</stream:stream>")
         self.writer.close()
-        with contextlib.suppress(ConnectionError, ssl.SSLError):
+        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
             await self.writer.wait_closed()
 
 

@@ -186,6 +186,8 @@ async def test_serve_deluser_ends_sessions_and_sigterm_shuts_down(
     await fresh.close()
     status = await asyncio.to_thread(run, config, "status")
     assert "sessions: 2" in status.stdout
+    assert "output_buffered_bytes: " in status.stdout
+    assert "rss_kib: " in status.stdout
     result = await asyncio.to_thread(run, config, "deluser", "alice@localhost")
     assert result.returncode == 0
     assert "ended 1 session" in result.stdout

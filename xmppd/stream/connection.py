@@ -59,6 +59,9 @@ class ConnectionServices(Protocol):
     sessions: SessionManager
     throttle: AuthThrottle
     connections: set[C2SConnection]
+    # The last connection found over its output high-water mark while a stanza was routed;
+    # the sender of that stanza takes it and pauses (back-pressure).
+    congested: C2SConnection | None
 
     @property
     def accounts(self) -> AccountStore:
@@ -132,8 +135,11 @@ class C2SConnection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_blocked",
+        "_blocked_senders",
         "_busy",
         "_closed",
+        "_congested",
         "_flush_scheduled",
         "_handshaking",
         "_in_bio",
@@ -142,6 +148,7 @@ class C2SConnection(asyncio.Protocol):
         "_out_bio",
         "_paused",
         "_queue",
+        "_slow_timer",
         "_ssl",
         "_task",
         "_timer",
@@ -187,11 +194,19 @@ class C2SConnection(asyncio.Protocol):
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        # Back-pressure: _congested while our transport is over its high-water mark; senders
+        # paused on our account wait in _blocked_senders; _blocked while we wait on another.
+        self._congested = False
+        self._blocked = False
+        self._blocked_senders: list[C2SConnection] | None = None
+        self._slow_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        high = self.config.limits.output_high_water
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -224,6 +239,10 @@ class C2SConnection(asyncio.Protocol):
             self._timer = None
         self._out.clear()
         self._queue = None
+        self._release_senders()
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
         self.transport = None  # the transport refers to us: break the cycle
         self.stream.post_auth_features = list  # a bound method of ours: break the cycle
         session = self.session
@@ -329,7 +348,7 @@ class C2SConnection(asyncio.Protocol):
     def _drain(self) -> None:
         """Process queued events inline until one suspends; then a task takes over."""
         queue = self._queue
-        while queue and not self._closed:
+        while queue and not self._closed and not self._blocked:
             coro = self._process(queue.popleft())
             try:
                 yielded = coro.send(None)
@@ -341,13 +360,14 @@ class C2SConnection(asyncio.Protocol):
             if len(queue) > self.config.limits.max_backlog and not self._paused:
                 self._pause()
             return
-        self._queue = None
+        if not queue:
+            self._queue = None
 
     async def _continue(self, coro: Coroutine[Any, Any, None], yielded: object) -> None:
         try:
             await _Resume(coro, yielded)
             queue = self._queue
-            while queue and not self._closed:
+            while queue and not self._closed and not self._blocked:
                 await self._process(queue.popleft())
                 if self._paused and len(queue) < self.config.limits.max_backlog // 2:
                     self._resume()
@@ -368,7 +388,7 @@ class C2SConnection(asyncio.Protocol):
 
     def _resume(self) -> None:
         self._paused = False
-        if self.transport is not None and not self._closed:
+        if self.transport is not None and not self._closed and not self._blocked:
             self.transport.resume_reading()
 
     async def _process(self, event: ParseEvent) -> None:
@@ -382,14 +402,21 @@ class C2SConnection(asyncio.Protocol):
                 and not _is_session_iq(event.element)
             ):
                 # Hot path: an established session's stanza goes straight to the router.
+                self.services.congested = None
                 await self.services.router.from_session(session, event.element)
                 if session.on_handled is not None:
                     session.on_handled()
+                self._take_congestion()
                 return
             await self._run(self.stream.receive(event))
         except Exception:
             logger.exception("unexpected error on connection from %s", self.peer)
             self.close(StreamError("internal-server-error"))
+
+    def _take_congestion(self) -> None:
+        recipient, self.services.congested = self.services.congested, None
+        if recipient is not None and recipient is not self:
+            self._block_on(recipient)
 
     async def _run(self, actions: list[act.Action]) -> None:
         for action in actions:
@@ -505,10 +532,88 @@ class C2SConnection(asyncio.Protocol):
                 self.close(StreamError("connection-timeout", "authentication took too long"))
 
     # --- output -------------------------------------------------------------------------
+    # --- back-pressure ------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        """The transport's buffer passed the high-water mark: the client reads too slowly."""
+        self._congested = True
+        if self._slow_timer is None:
+            self._slow_timer = self._loop.call_later(
+                self.config.limits.slow_reader_timeout, self._slow_reader
+            )
+
+    def resume_writing(self) -> None:
+        """The buffer drained below the low-water mark: let paused senders go on."""
+        self._congested = False
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+        self._release_senders()
+
+    @property
+    def blocked(self) -> bool:
+        """Paused because a client it sends to reads too slowly."""
+        return self._blocked
+
+    def buffered(self) -> int:
+        """Output bytes held for this client (not yet taken by the kernel)."""
+        size = sum(map(len, self._out))
+        if self._out_bio is not None:
+            size += self._out_bio.pending
+        if self.transport is not None:
+            size += self.transport.get_write_buffer_size()
+        return size
+
+    def _slow_reader(self) -> None:
+        self._slow_timer = None
+        if self._congested and not self._closed:
+            logger.warning(
+                "closing %s: it has not read its output for %.0f s (%d bytes waiting)",
+                self.session.jid if self.session else self.peer,
+                self.config.limits.slow_reader_timeout,
+                self.buffered(),
+            )
+            self.close(StreamError("policy-violation", "not reading fast enough"))
+            self._abort()  # its buffer will not drain: free it now
+
+    def _block_on(self, recipient: C2SConnection) -> None:
+        """Stop reading and processing until `recipient` drains (we flooded it)."""
+        if self._blocked or recipient is self or recipient._closed:
+            return
+        self._blocked = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if recipient._blocked_senders is None:
+            recipient._blocked_senders = []
+        recipient._blocked_senders.append(self)
+
+    def _unblock(self) -> None:
+        if not self._blocked:
+            return
+        self._blocked = False
+        if self._closed:
+            return
+        if self.transport is not None and not self._paused:
+            self.transport.resume_reading()
+        if self._queue and not self._busy:
+            self._drain()
+
+    def _release_senders(self) -> None:
+        senders, self._blocked_senders = self._blocked_senders, None
+        for sender in senders or ():
+            sender._unblock()
+
     def send_element(self, element: etree._Element) -> None:
         """Queue one top-level element (SessionTransport)."""
-        if not self._closed:
-            self._write(serialize(element))
+        if self._closed:
+            return
+        self._write(serialize(element))
+        if self._congested:
+            if self.buffered() > self.config.limits.output_max:
+                # Memory first: a client this far behind is dropped at once.
+                logger.warning("closing %s: %d bytes of output waiting", self.peer, self.buffered())
+                self._abort()
+                return
+            self.services.congested = self
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
