@@ -48,6 +48,16 @@ class AccountStore:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], tuple[float, StoredCredentials]] = OrderedDict()
 
+    def prune(self) -> None:
+        """Drop expired cache entries (the oldest come first)."""
+        deadline = time.monotonic() - self.cache_ttl
+        cache = self._cache
+        while cache:
+            key, (fetched, _creds) = next(iter(cache.items()))
+            if fetched >= deadline:
+                break
+            del cache[key]
+
     def forget(self, host: str, username: str) -> None:
         """Drop cached credentials of one account (it changed elsewhere)."""
         self._cache.pop((host, username), None)

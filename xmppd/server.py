@@ -168,6 +168,7 @@ class Server:
         interval = self.config.limits.idle_sweep
         while True:
             await asyncio.sleep(interval)
+            self.accounts.prune()
             dropped = 0
             for conn in list(self.connections):
                 if conn.active:

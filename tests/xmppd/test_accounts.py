@@ -94,3 +94,18 @@ async def test_errors(accounts: AccountStore) -> None:
         await accounts.set_password(JID.parse("nobody@localhost"), "pw")
     with pytest.raises(AccountError, match="not a bare user JID"):
         await accounts.create(JID.parse("localhost"), "pw")
+
+
+async def test_prune_drops_expired_entries() -> None:
+    storage = await open_storage("memory")
+    store = AccountStore(storage, cache_ttl=1e-9)
+    await store.create(ALICE, "pw")
+    store.cache_ttl = 30.0
+    await store.credentials("localhost", "alice")
+    assert len(store._cache) == 1
+    store.prune()
+    assert len(store._cache) == 1  # still fresh
+    store.cache_ttl = 1e-9
+    store.prune()
+    assert len(store._cache) == 0
+    await storage.close()

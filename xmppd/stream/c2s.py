@@ -68,6 +68,7 @@ MAX_SASL_ATTEMPTS = 5
 # Serialised pre-authentication features by (secure, tls, required, mechanisms, cb types):
 # a handful of combinations per server, so the cache stays tiny.
 _FEATURES_CACHE: dict[tuple[object, ...], bytes] = {}
+_NO_BINDINGS = ChannelBindings({}, plus_offered=False)
 
 
 class State(Enum):
@@ -137,7 +138,7 @@ class C2SStream:
         self.stream_id = ""
         self.username: str | None = None  # prepared, once known
         self.authenticated = False
-        self.bindings = ChannelBindings({}, plus_offered=False)
+        self.bindings = _NO_BINDINGS
         self._mech: Mechanism | None = None
         self._offered: list[str] = []
         self._attempts = 0
@@ -351,6 +352,9 @@ class C2SStream:
                 success.text = base64.b64encode(step.additional_data).decode("ascii")
             self.authenticated = True
             self._mech = None
+            # Negotiation state is not needed any more: keep idle sessions small.
+            self.bindings = _NO_BINDINGS
+            self._offered = []
             self.state = State.HEADER
             self.header_sent = False
             return [Send(serialize(success)), Authenticated(username), ResetParser()]
