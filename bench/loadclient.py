@@ -10,8 +10,14 @@ route (``xmppbench.py --server null`` measures its ceiling against ``nullserver.
 Scenarios (each prints one JSON object on stdout):
 - ``throughput``: pairs of clients message each other with a window of outstanding messages.
 - ``latency``: a fixed offered rate of timestamped messages; percentiles of delivery latency.
-- ``memory``: N idle authenticated TLS connections; server RSS before/after (``--pid``).
+- ``memory``: N idle authenticated TLS connections; server RSS before/after (``--pid``), then a
+  ping on every connection and the RSS once they are closed.
+- ``hold``: the same, held for ``--hold`` seconds before the pings (the 19,000 x 300 s run).
 - ``logins``: concurrent workers loop connect, STARTTLS, SCRAM-SHA-1, bind, close.
+- ``afterload``: throughput on a fresh server, an idle storm (N sessions opened, then closed),
+  throughput again: the ratio, and whether RSS returns to its pre-storm value.
+- ``slowreader``: one client stops reading, a second floods it, a third pings the server every
+  10 ms: server RSS growth, the pinger's round trips, what happened to the reader and the flooder.
 
 Usage: ``loadclient.py --port 5222 [--password PW] SCENARIO [scenario options]``.
 """
@@ -30,6 +36,7 @@ import os
 import re
 import resource
 import secrets
+import socket
 import ssl
 import sys
 import time
@@ -52,6 +59,9 @@ STAMP = re.compile(rb"<body>(\d+)</body>")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READ_SIZE = 256 * 1024  # one plaintext buffer shared by every connection (single thread)
 READ_VIEW = memoryview(bytearray(READ_SIZE))
+# Linux: bind() to a source address without choosing the port yet; connect() then picks a port
+# unique for the 4-tuple, so each source address is not limited to one ephemeral range in total.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 class LoginError(Exception):
@@ -168,6 +178,7 @@ class XmppConnection(asyncio.Protocol):
         self._inbox: deque[etree._Element] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+        self._resumed: asyncio.Future[None] | None = None  # set while the transport is full
 
     # asyncio.Protocol
 
@@ -209,10 +220,36 @@ class XmppConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionResetError("connection lost"))
+        self.resume_writing()
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(LoginError("connection lost during TLS handshake"))
         if not self.lost.done():
             self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        # the transport's buffer passed its high-water mark: the peer is not reading fast enough
+        if self._resumed is None:
+            self._resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._resumed is not None:
+            if not self._resumed.done():
+                self._resumed.set_result(None)
+            self._resumed = None
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the transport's write buffer is above its high-water mark."""
+        return self._resumed is not None
+
+    async def drain(self) -> None:
+        """Wait until the transport takes writes again (or the connection is lost)."""
+        if self._resumed is not None:
+            await asyncio.shield(self._resumed)
+
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     # TLS
 
@@ -360,12 +397,34 @@ def _children(element: etree._Element) -> str:
     return ",".join(etree.QName(child).localname for child in element) or "?"
 
 
+async def open_socket(
+    host: str, port: int, source: str | None = None, rcvbuf: int = 0
+) -> socket.socket:
+    """A connected non-blocking TCP socket from ``source`` (any port) with an optional SO_RCVBUF."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if rcvbuf:  # before connect(), so the window scale matches the small buffer
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def login(
     target: Target,
     username: str,
     *,
     presence: bool,
     source: str | None = None,
+    rcvbuf: int = 0,
 ) -> XmppConnection:
     """Connect, STARTTLS, SCRAM-SHA-1, bind (server-chosen resource), optional initial presence.
 
@@ -374,11 +433,16 @@ async def login(
         OSError, TimeoutError: connection failures and timeouts.
     """
     loop = asyncio.get_running_loop()
-    local = (source, 0) if source else None
     async with asyncio.timeout(target.timeout):
-        _, conn = await loop.create_connection(
-            XmppConnection, target.host, target.port, local_addr=local
-        )
+        if source or rcvbuf:
+            sock = await open_socket(target.host, target.port, source, rcvbuf)
+            try:
+                _, conn = await loop.create_connection(XmppConnection, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            _, conn = await loop.create_connection(XmppConnection, target.host, target.port)
     try:
         async with asyncio.timeout(target.timeout):
             await _negotiate(conn, target, username)
@@ -628,6 +692,11 @@ class CountingReceiver:
 
 async def run_throughput(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     """Pairs message each other as fast as the window allows; delivered messages per second."""
+    return await throughput_phase(target, args)
+
+
+async def throughput_phase(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """One throughput measurement: log the pairs in, message, drain, close (also for afterload)."""
     names = usernames(args.prefix, 2 * args.pairs)
     setup = time.perf_counter()
     conns, errors = await login_many(target, names, presence=True, concurrency=args.concurrency)
@@ -814,7 +883,7 @@ async def run_latency(target: Target, args: argparse.Namespace) -> dict[str, Any
     }
 
 
-# --- memory -------------------------------------------------------------------------------------
+# --- server probes and targets ------------------------------------------------------------------
 
 
 def rss_kib(pid: int) -> int:
@@ -826,12 +895,167 @@ def rss_kib(pid: int) -> int:
     raise LookupError(f"no VmRSS for pid {pid}")
 
 
-async def run_memory(target: Target, args: argparse.Namespace) -> dict[str, Any]:
-    """N idle, authenticated, available TLS sessions; server RSS growth per connection."""
+class ServerProbe:
+    """The server process through /proc: resident memory and open file descriptors.
+
+    Reads return None once the process is gone, so a crashed server shows up in the result (as
+    ``null`` figures and ``server_alive: false``) rather than as a traceback in the client.
+    """
+
+    FD_SLACK = 5  # descriptors a server may open or close on its own (logs, database journal)
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+
+    def rss(self) -> int | None:
+        """VmRSS in KiB."""
+        if self.pid is None:
+            return None
+        try:
+            return rss_kib(self.pid)
+        except (OSError, LookupError, ValueError):
+            return None
+
+    def fds(self) -> int | None:
+        """Open file descriptors, sockets included."""
+        if self.pid is None:
+            return None
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/fd"))
+        except OSError:
+            return None
+
+    async def wait_closed(self, baseline: int | None, timeout: float) -> float | None:
+        """Wait until the server holds no more descriptors than before the connections came.
+
+        Returns the seconds it took, or None when it did not happen within ``timeout``.
+        """
+        began = time.perf_counter()
+        if baseline is None:
+            return None
+        done = await _wait_for(lambda: (self.fds() or 0) <= baseline + self.FD_SLACK, timeout)
+        return round(time.perf_counter() - began, 2) if done else None
+
+
+def ratio(numerator: float | None, denominator: float | None, digits: int = 3) -> float | None:
+    """numerator / denominator, rounded; None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, digits)
+
+
+def check(name: str, value: float | None, op: str, limit: float) -> list[Any]:
+    """One target of the issue as ``[description, value, met]`` (``met`` is False without value)."""
+    tests: dict[str, Callable[[float, float], bool]] = {
+        "<": lambda v, lim: v < lim,
+        "<=": lambda v, lim: v <= lim,
+        ">=": lambda v, lim: v >= lim,
+        "==": lambda v, lim: v == lim,
+    }
+    return [f"{name} {op} {limit:g}", value, value is not None and tests[op](value, limit)]
+
+
+def with_checks(result: dict[str, Any], checks: list[list[Any]]) -> dict[str, Any]:
+    """Attach the target checks and their verdict (which does not change ``ok``)."""
+    return result | {"checks": checks, "target_met": all(met for _, _, met in checks)}
+
+
+IQ_TAG = re.compile(rb"<iq\b[^>]*>")
+IQ_ERROR = re.compile(rb"""\btype=['"]error['"]""")
+
+
+# --- memory and hold ----------------------------------------------------------------------------
+
+IDLE_PING_ID = b"idle-ping"
+
+
+class PingTally:
+    """Answers to the one ping every held connection sends at the end."""
+
+    __slots__ = ("answered", "errors", "rtts_ns")
+
+    def __init__(self) -> None:
+        self.answered = 0
+        self.errors = 0
+        self.rtts_ns: list[int] = []
+
+
+class IdlePingReceiver:
+    """Waits for the reply to a held connection's ping (any other bytes are ignored)."""
+
+    __slots__ = ("done", "sent_ns", "tail", "tally")
+
+    def __init__(self, tally: PingTally, sent_ns: int) -> None:
+        self.tally = tally
+        self.sent_ns = sent_ns
+        self.tail = b""
+        self.done = False
+
+    def __call__(self, data: bytes) -> None:
+        if self.done:
+            return
+        now = time.perf_counter_ns()
+        buffer = self.tail + data
+        for match in IQ_TAG.finditer(buffer):
+            tag = match.group()
+            if IDLE_PING_ID not in tag:
+                continue
+            self.done = True
+            if IQ_ERROR.search(tag):
+                self.tally.errors += 1
+            else:
+                self.tally.answered += 1
+                self.tally.rtts_ns.append(now - self.sent_ns)
+            return
+        self.tail = buffer[-1024:]  # a tag split across two reads
+
+
+async def ping_all(conns: Sequence[XmppConnection], domain: str, timeout: float) -> dict[str, Any]:
+    """XEP-0199: every live connection pings the server once; count the results."""
+    tally = PingTally()
+    stanza = (
+        b"<iq type='get' id='" + IDLE_PING_ID + b"' to='" + domain.encode() + b"'>"
+        b"<ping xmlns='urn:xmpp:ping'/></iq>"
+    )
+    live = [conn for conn in conns if conn.alive]
+    began = time.perf_counter()
+    for index, conn in enumerate(live):
+        conn.handler = IdlePingReceiver(tally, time.perf_counter_ns())
+        conn.send(stanza)
+        if index % 200 == 199:
+            await asyncio.sleep(0)  # let replies in while the rest go out
+    await _wait_for(lambda: tally.answered + tally.errors >= len(live), timeout)
+    took = time.perf_counter() - began
+    rtts = sorted(ns / 1e6 for ns in tally.rtts_ns)
+    return {
+        "pings_sent": len(live),
+        "pings_answered": tally.answered,
+        "ping_errors": tally.errors,
+        "ping_p50_ms": percentile(rtts, 0.5, 1),
+        "ping_p99_ms": percentile(rtts, 0.99, 1),
+        "ping_max_ms": round(rtts[-1], 1) if rtts else None,
+        "ping_all_s": round(took, 2),
+    }
+
+
+async def run_idle(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """N idle, authenticated, available TLS sessions: RSS per connection, held, pinged, closed.
+
+    ``memory`` holds them only for the settle time, ``hold`` for ``--hold`` seconds. Then every
+    connection pings the server (XEP-0199) and must get the result; then all are closed and the
+    server's RSS is compared with its value before the connections came.
+    """
     if args.pid is None:
-        raise SystemExit("memory scenario needs --pid of the server process")
+        raise SystemExit(f"{args.scenario} scenario needs --pid of the server process")
+    probe = ServerProbe(args.pid)
     sources = [f"127.0.0.{2 + i}" for i in range(args.sources)]
-    result: dict[str, Any] = {"connections": args.count, "concurrency": args.concurrency}
+    result: dict[str, Any] = {
+        "connections": args.count,
+        "concurrency": args.concurrency,
+        "sources": len(sources),
+        "hold_s": args.hold,
+    }
+    fds_start = probe.fds()
 
     # Warm-up: touch every code path once (TLS, SASL, roster load) so one-off allocations
     # do not count as per-connection memory.
@@ -844,8 +1068,9 @@ async def run_memory(target: Target, args: argparse.Namespace) -> dict[str, Any]
     await close_all(warm)
     if errors:
         return result | {"ok": False, "login_errors": len(errors), "first_error": errors[0]}
+    await probe.wait_closed(fds_start, 30.0)
     await asyncio.sleep(args.settle)
-    before = rss_kib(args.pid)
+    before = probe.rss()
 
     meter = CpuMeter(args.pid)
     conns, errors = await login_many(
@@ -857,13 +1082,35 @@ async def run_memory(target: Target, args: argparse.Namespace) -> dict[str, Any]
     )
     setup_s, usage = time.perf_counter() - meter.wall, meter.read()
     await asyncio.sleep(args.settle)
-    after = rss_kib(args.pid)
+    after = probe.rss()
     alive = sum(conn.alive for conn in conns)
     tls = conns[0].tls_version() if conns else "none"
-    await close_all(conns, timeout=30.0)
+
+    # Hold: nothing is sent; RSS sampled once a second (an idle-parser sweep shows up here).
+    held, held_max = after, after
+    hold_end = time.perf_counter() + args.hold
+    while (now := time.perf_counter()) < hold_end:
+        await asyncio.sleep(min(1.0, hold_end - now))
+        held = probe.rss()
+        if held is not None and (held_max is None or held > held_max):
+            held_max = held
+    alive_held = sum(conn.alive for conn in conns)
+
+    pings = await ping_all(conns, target.domain, timeout=30.0 + len(conns) / 500)
+    alive_end = sum(conn.alive for conn in conns)
+    await close_all(conns, timeout=60.0)
+    close_s = await probe.wait_closed(fds_start, 60.0)
+    await asyncio.sleep(args.settle)
+    closed = probe.rss()
+
+    growth = None if after is None or before is None else after - before
+    held_growth = None if held is None or before is None else held - before
     result |= {
-        "ok": not errors and alive == args.count,
-        "kib_per_conn": round((after - before) / max(1, alive), 1),
+        "ok": not errors
+        and alive_end == args.count
+        and pings["pings_answered"] == args.count
+        and closed is not None,
+        "kib_per_conn": round(growth / max(1, alive), 1) if growth is not None else None,
         "rss_before_kib": before,
         "rss_after_kib": after,
         "established": alive,
@@ -872,11 +1119,31 @@ async def run_memory(target: Target, args: argparse.Namespace) -> dict[str, Any]
         "client_bound": client_bound(usage),
         "setup_s": round(setup_s, 2),
         "tls": tls,
+        "rss_held_kib": held,
+        "rss_held_max_kib": held_max,
+        "kib_per_conn_held": (
+            round(held_growth / max(1, alive_held), 1) if held_growth is not None else None
+        ),
+        "lost_while_held": alive - alive_held,
+        **pings,
+        "rss_closed_kib": closed,
+        "rss_close_ratio": ratio(closed, before),
+        "close_s": close_s,
+        "server_fds_closed": probe.fds(),
+        "server_alive": closed is not None,
         **usage,
     }
     if errors:
         result |= {"login_errors": len(errors), "first_error": errors[0]}
-    return result
+    if args.scenario == "memory":
+        checks = [check("kib_per_conn", result["kib_per_conn"], "<=", 24)]
+    else:
+        checks = [
+            check("established", alive, "==", args.count),
+            check("pings_answered", pings["pings_answered"], "==", args.count),
+            check("rss_close_ratio", result["rss_close_ratio"], "<=", 1.10),
+        ]
+    return with_checks(result, checks)
 
 
 # --- logins -------------------------------------------------------------------------------------
@@ -930,13 +1197,563 @@ async def run_logins(target: Target, args: argparse.Namespace) -> dict[str, Any]
     }
 
 
+# --- afterload ----------------------------------------------------------------------------------
+
+
+async def run_afterload(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput on a fresh server, an idle storm (N sessions opened, closed), throughput again.
+
+    The storm is the memory scenario's: N authenticated TLS sessions with initial presence from
+    several source addresses, all closed once established. The second throughput phase starts as
+    soon as the server has released every connection (its descriptor count is back) and the
+    settle time has passed.
+    """
+    if args.pid is None:
+        raise SystemExit("afterload scenario needs --pid of the server process")
+    probe = ServerProbe(args.pid)
+    sources = [f"127.0.0.{2 + i}" for i in range(args.sources)]
+    fds_start, rss_start = probe.fds(), probe.rss()
+    result: dict[str, Any] = {"pairs": args.pairs, "window": args.window, "storm": args.count}
+
+    fresh = await throughput_phase(target, args)
+    await probe.wait_closed(fds_start, 60.0)
+    await asyncio.sleep(args.settle)
+    pre = probe.rss()
+
+    meter = CpuMeter(args.pid)
+    conns, errors = await login_many(
+        target,
+        usernames(args.prefix, args.count),
+        presence=True,
+        concurrency=args.storm_concurrency,
+        sources=sources,
+    )
+    setup_s, storm_usage = time.perf_counter() - meter.wall, meter.read()
+    await asyncio.sleep(args.settle)
+    peak = probe.rss()
+    established = sum(conn.alive for conn in conns)
+    await close_all(conns, timeout=60.0)
+    storm_size = len(conns)
+    del conns  # the client keeps nothing of the storm into the second phase
+    close_s = await probe.wait_closed(fds_start, 60.0)
+    await asyncio.sleep(args.settle)
+    closed = probe.rss()
+
+    after = await throughput_phase(target, args)
+    await probe.wait_closed(fds_start, 30.0)
+    end = probe.rss()
+
+    usage_keys = ("client_cpu", "server_cpu", "other_cpu")
+    result |= {
+        "ok": bool(fresh.get("ok"))
+        and bool(after.get("ok"))
+        and not errors
+        and established == args.count,
+        "fresh_msg_per_s": fresh.get("msg_per_s"),
+        "after_msg_per_s": after.get("msg_per_s"),
+        "after_fresh_ratio": ratio(after.get("msg_per_s"), fresh.get("msg_per_s")),
+        "fresh_server_us_per_msg": fresh.get("server_us_per_msg"),
+        "after_server_us_per_msg": after.get("server_us_per_msg"),
+        "rss_start_kib": rss_start,
+        "rss_pre_kib": pre,
+        "rss_peak_kib": peak,
+        "rss_closed_kib": closed,
+        "rss_end_kib": end,
+        "rss_close_ratio": ratio(closed, pre),
+        "storm_established": established,
+        "storm_setup_conn_per_s": round(storm_size / setup_s, 1),
+        "storm_kib_per_conn": (
+            round((peak - pre) / max(1, established), 1)
+            if peak is not None and pre is not None
+            else None
+        ),
+        "storm_server_ms_per_conn": server_cost(storm_usage, setup_s, storm_size, 1e3),
+        "close_s": close_s,
+        "server_alive": end is not None,
+        "client_bound": bool(fresh.get("client_bound") or after.get("client_bound")),
+        **{f"fresh_{key}": fresh.get(key) for key in usage_keys},
+        **{f"after_{key}": after.get(key) for key in usage_keys},
+        **{key: after.get(key) for key in usage_keys},
+    }
+    for name, phase in (("fresh", fresh), ("after", after)):
+        for key in ("undelivered", "errors", "connections_lost", "login_errors", "first_error"):
+            if phase.get(key):
+                result[f"{name}_{key}"] = phase[key]
+    if errors:
+        result |= {"storm_login_errors": len(errors), "first_error": errors[0]}
+    return with_checks(
+        result,
+        [
+            check("after_fresh_ratio", result["after_fresh_ratio"], ">=", 0.9),
+            check("rss_close_ratio", result["rss_close_ratio"], "<=", 1.10),
+        ],
+    )
+
+
+# --- slowreader ---------------------------------------------------------------------------------
+
+PING_ID = re.compile(rb"""\bid=['"]p(\d+)['"]""")
+STREAM_ERROR = re.compile(rb"<stream:error[^>]*>\s*<([A-Za-z-]+)")
+TCP_STATES = {1: "ESTABLISHED", 4: "FIN_WAIT1", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK"}
+
+
+class PingMeter:
+    """The pinger's round trips: (send time, round trip) per answered ping, in ns."""
+
+    __slots__ = ("errors", "samples", "sent", "tail")
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}  # outstanding: ping number -> send time
+        self.samples: list[tuple[int, int]] = []
+        self.errors = 0
+        self.tail = b""
+
+    def __call__(self, data: bytes) -> None:
+        now = time.perf_counter_ns()
+        buffer = self.tail + data
+        end = 0
+        for match in IQ_TAG.finditer(buffer):
+            end = match.end()
+            tag = match.group()
+            number = PING_ID.search(tag)
+            sent = self.sent.pop(int(number.group(1)), None) if number else None
+            if sent is None:
+                continue
+            if IQ_ERROR.search(tag):
+                self.errors += 1
+            else:
+                self.samples.append((sent, now - sent))
+        self.tail = buffer[end:][-1024:]
+
+
+class StreamWatcher:
+    """What a client received: bytes, messages, error stanzas, a stream error, the stream's end."""
+
+    __slots__ = ("bytes", "ended", "errors", "last", "messages", "stream_error", "tail")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.messages = 0
+        self.errors = 0
+        self.stream_error: str | None = None
+        self.ended = False
+        self.last = time.perf_counter()
+        self.tail = b""
+
+    def __call__(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.last = time.perf_counter()
+        buffer = self.tail + data
+        # the kept tail is shorter than each pattern, so nothing is counted twice
+        self.messages += buffer.count(MESSAGE_END)
+        self.errors += buffer.count(b"type='error'") + buffer.count(b'type="error"')
+        if self.stream_error is None and b"stream:error" in buffer:
+            found = STREAM_ERROR.search(buffer)
+            if found:
+                self.stream_error = found.group(1).decode()
+        self.ended = self.ended or b"</stream:stream>" in buffer
+        self.tail = buffer[-(TAIL):]
+
+
+class FloodStats:
+    """The flooder's side: what it wrote and how long its transport made it wait."""
+
+    __slots__ = ("bytes", "longest_pause_s", "messages", "paused_s", "pauses", "stopped_by")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.messages = 0
+        self.pauses = 0
+        self.paused_s = 0.0
+        self.longest_pause_s = 0.0
+        self.stopped_by = ""
+
+
+async def flood(conn: XmppConnection, to: str, args: argparse.Namespace, stats: FloodStats) -> None:
+    """Write messages to ``to`` as fast as the transport takes them, until time or bytes run out.
+
+    Writes stop while the transport is paused (its buffer above the high-water mark): then the
+    kernel's buffers are full too, so the server is not reading this connection.
+    """
+    body = "x" * args.body_size
+    message = f"<message to='{to}' type='chat' id='f'><body>{body}</body></message>".encode()
+    per_batch = max(1, 32768 // len(message))
+    batch = message * per_batch
+    deadline = time.perf_counter() + args.duration
+    while conn.alive:
+        now = time.perf_counter()
+        if now >= deadline:
+            stats.stopped_by = "duration"
+            return
+        if stats.bytes >= args.bytes:
+            stats.stopped_by = "bytes"
+            return
+        if conn.writing_paused:
+            stats.pauses += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - now):
+                    await conn.drain()
+            took = time.perf_counter() - now
+            stats.paused_s += took
+            stats.longest_pause_s = max(stats.longest_pause_s, took)
+            continue
+        conn.send(batch)
+        stats.bytes += len(batch)
+        stats.messages += per_batch
+        await asyncio.sleep(0)
+    stats.stopped_by = "connection lost"
+
+
+async def ping_loop(
+    conn: XmppConnection,
+    meter: PingMeter,
+    domain: str,
+    interval: float,
+    stop: asyncio.Event,
+    limit: float,
+) -> None:
+    """One ping iq to the server every ``interval`` s (open loop: no waiting for answers).
+
+    Runs until ``stop`` is set, the connection is lost, or ``limit`` seconds have passed.
+    """
+    head = b"<iq type='get' to='" + domain.encode() + b"' id='p"
+    tail = b"'><ping xmlns='urn:xmpp:ping'/></iq>"
+    number = 0
+    next_at = time.perf_counter()
+    deadline = next_at + limit
+    while not stop.is_set() and conn.alive and next_at < deadline:
+        meter.sent[number] = time.perf_counter_ns()
+        conn.send(head + str(number).encode() + tail)
+        number += 1
+        next_at += interval
+        now = time.perf_counter()
+        if next_at < now:  # the client fell behind: skip slots rather than send a burst
+            next_at = now
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(next_at - now):
+                await stop.wait()
+
+
+def tcp_key(address: tuple[str, int]) -> str:
+    """An IPv4 address as /proc/net/tcp writes it: little-endian hex address, hex port."""
+    return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
+
+
+def tcp_sockets(wanted: dict[tuple[str, str], str]) -> dict[str, tuple[int, int, int]]:
+    """(state, tx_queue, rx_queue) of named sockets, by (local, remote) key, from /proc/net/tcp."""
+    found: dict[str, tuple[int, int, int]] = {}
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        next(table)
+        for line in table:
+            fields = line.split(None, 5)
+            name = wanted.get((fields[1], fields[2]))
+            if name is not None:
+                tx_queue, rx_queue = fields[4].split(":")
+                found[name] = (int(fields[3], 16), int(tx_queue, 16), int(rx_queue, 16))
+    return found
+
+
+class SlowReaderMonitor:
+    """Samples the server every 20 ms (RSS peak, descriptors) and every second (a timeline row).
+
+    A drop in the server's descriptor count while the flooder and the pinger are still connected,
+    with the server's side of the reader's connection no longer ESTABLISHED in /proc/net/tcp,
+    means the server closed the reader's connection: that is when the reader was disconnected
+    (the reader itself cannot see it: it is not reading). Each timeline row has the megabytes the
+    flooder handed to its kernel in that second, the server's RSS, the bytes the server has not
+    read from the flooder and the bytes queued in the server's kernel for the reader (both from
+    /proc/net/tcp, the server's side of each connection).
+    """
+
+    FIELDS = ("t_s", "flood_mb", "rss_mib", "flooder_unread_kib", "reader_queued_kib")
+
+    def __init__(
+        self,
+        probe: ServerProbe,
+        server: tuple[str, int],
+        reader: XmppConnection,
+        flooder: XmppConnection,
+        pinger: XmppConnection,
+        stats: FloodStats,
+    ) -> None:
+        self.probe = probe
+        self.reader, self.flooder, self.pinger = reader, flooder, pinger
+        self.stats = stats
+        local = tcp_key(server)
+        self.sockets = {
+            (local, tcp_key(conn.transport.get_extra_info("sockname"))): name
+            for name, conn in (("reader", reader), ("flooder", flooder))
+            if conn.transport is not None
+        }
+        self.fds_base = probe.fds()
+        self.rss_peak: int | None = probe.rss()
+        # times are time.perf_counter() values
+        self.reader_closed_at: float | None = None
+        self.reader_tcp_state: tuple[str, float] | None = None
+        self.timeline: list[list[float | None]] = []
+        self.stopped = False
+        self.flooding = False  # set by the scenario while F floods
+        self.stalled_s = 0.0  # flood time in 100 ms windows in which F's kernel took nothing
+
+    def _reader_tcp_state(self) -> int | None:
+        sock = self.reader.transport.get_extra_info("socket") if self.reader.transport else None
+        if sock is None:
+            return None
+        try:
+            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
+        except OSError:
+            return None
+
+    def _reader_gone(self) -> bool:
+        """The server's side of the reader's connection is closed (FIN_WAIT1) or gone (reset)."""
+        try:
+            reader = tcp_sockets(self.sockets).get("reader")
+        except OSError:
+            return False
+        return reader is None or reader[0] != 1
+
+    def _row(self, now: float, flooded: int) -> None:
+        rss = self.probe.rss()
+        try:
+            queues = tcp_sockets(self.sockets)
+        except OSError:
+            queues = {}
+        flooder, reader = queues.get("flooder"), queues.get("reader")
+        self.timeline.append(
+            [
+                now,
+                round(flooded / 1e6, 1),
+                round(rss / 1024, 1) if rss is not None else None,
+                round(flooder[2] / 1024) if flooder else None,
+                round(reader[1] / 1024) if reader else None,
+            ]
+        )
+
+    async def run(self, limit: float) -> None:
+        """Sample until ``stopped`` or for ``limit`` seconds at most."""
+        next_row = next_window = time.perf_counter()
+        deadline = next_row + limit
+        flooded = window_start = 0
+        while not self.stopped and time.perf_counter() < deadline:
+            now = time.perf_counter()
+            if now >= next_window:
+                # F's kernel took nothing for a whole window: the server is not reading F
+                to_kernel = self.stats.bytes - self.flooder.write_buffer_size()
+                if self.flooding and to_kernel == window_start and self.flooder.writing_paused:
+                    self.stalled_s += 0.1
+                window_start = to_kernel
+                next_window = now + 0.1
+            rss = self.probe.rss()
+            if rss is not None and (self.rss_peak is None or rss > self.rss_peak):
+                self.rss_peak = rss
+            fds = self.probe.fds()
+            if (
+                self.reader_closed_at is None
+                and fds is not None
+                and self.fds_base is not None
+                and fds < self.fds_base
+                and self.flooder.alive
+                and self.pinger.alive
+                and self._reader_gone()
+            ):
+                self.reader_closed_at = now
+            state = self._reader_tcp_state()
+            if self.reader_tcp_state is None and state not in (None, 1):
+                name = TCP_STATES.get(state or 0, str(state))
+                self.reader_tcp_state = (name, now)
+            if now >= next_row:
+                to_kernel = self.stats.bytes - self.flooder.write_buffer_size()
+                self._row(now, to_kernel - flooded)
+                flooded = to_kernel
+                next_row += 1.0
+            await asyncio.sleep(0.02)
+
+
+async def run_slowreader(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """A reader that stops reading, a flooder writing to it, a pinger timing the server.
+
+    R logs in with a small receive buffer, sends presence and stops reading its socket. After
+    ``--baseline`` s of pings alone, F writes messages to R's full JID as fast as its transport
+    takes them for ``--duration`` s (at most ``--bytes``); P pings the server every
+    ``--interval`` s throughout and for ``--linger`` s after the flood. Then R reads what is left
+    (to see a stream error, and to free the server), everyone closes, and RSS is read again.
+    """
+    if args.pid is None:
+        raise SystemExit("slowreader scenario needs --pid of the server process")
+    probe = ServerProbe(args.pid)
+    fds_start, rss_start = probe.fds(), probe.rss()
+    names = usernames(args.prefix, 3)
+    result: dict[str, Any] = {
+        "flood_s": args.duration,
+        "flood_limit_mb": round(args.bytes / 1e6),
+        "body_bytes": args.body_size,
+        "reader_rcvbuf": args.rcvbuf,
+        "ping_interval_ms": args.interval * 1e3,
+    }
+    conns: list[XmppConnection] = []
+    try:
+        conns.append(await login(target, names[0], presence=True, rcvbuf=args.rcvbuf))
+        conns.append(await login(target, names[1], presence=True))
+        conns.append(await login(target, names[2], presence=True))
+    except (LoginError, OSError, TimeoutError) as exc:
+        await close_all(conns)
+        return result | {
+            "ok": False,
+            "login_errors": 1,
+            "first_error": f"{type(exc).__name__}: {exc}",
+        }
+    reader, flooder, pinger = conns
+    assert reader.transport is not None
+    await asyncio.sleep(0.5)  # presence exchanged; from here on R reads nothing
+    reader.transport.pause_reading()
+    reader_seen, flooder_seen, pings = StreamWatcher(), StreamWatcher(), PingMeter()
+    reader.handler, flooder.handler, pinger.handler = reader_seen, flooder_seen, pings
+    rss_before = probe.rss()
+
+    stats = FloodStats()
+    monitor = SlowReaderMonitor(probe, (target.host, target.port), reader, flooder, pinger, stats)
+    # the longest the scenario can take from here, as a bound for its sampling loops
+    limit = args.baseline + args.duration + args.linger + args.drain_timeout + 30.0
+    monitor_task = asyncio.create_task(monitor.run(limit))
+    stop_pinging = asyncio.Event()
+    ping_task = asyncio.create_task(
+        ping_loop(pinger, pings, target.domain, args.interval, stop_pinging, limit)
+    )
+    try:
+        await asyncio.sleep(args.baseline)
+        flood_start_ns = time.perf_counter_ns()
+        meter = CpuMeter(args.pid)
+        monitor.flooding = True
+        await flood(flooder, reader.jid, args, stats)
+        monitor.flooding = False
+        usage = meter.read()
+        flood_end_ns = time.perf_counter_ns()
+        flood_s = (flood_end_ns - flood_start_ns) / 1e9
+        to_kernel = stats.bytes - flooder.write_buffer_size()
+        await asyncio.sleep(args.linger)
+        stop_pinging.set()
+        await asyncio.wait_for(ping_task, 5.0)
+        await _wait_for(lambda: not pings.sent, 2.0)  # stragglers
+        rss_after_flood = probe.rss()
+        rss_peak = monitor.rss_peak  # while R was not reading
+        monitor.rss_peak = rss_after_flood  # from here: the peak of R's final read
+        reader_closed_at = monitor.reader_closed_at
+        reader_state = monitor.reader_tcp_state
+
+        # R reads again: whatever the server kept for it, then its stream error if it got one.
+        drain_start = time.perf_counter()
+        reader_seen.last = drain_start
+        if reader.alive and not reader.transport.is_closing():
+            reader.transport.resume_reading()
+        await _wait_for(
+            lambda: not reader.alive or time.perf_counter() - reader_seen.last > 2.0,
+            args.drain_timeout,
+        )
+        drain_s = time.perf_counter() - drain_start
+        rss_after_drain = probe.rss()
+    finally:
+        stop_pinging.set()
+        monitor.stopped = True
+        await asyncio.wait([monitor_task], timeout=5.0)
+        ping_task.cancel()
+        monitor_task.cancel()
+    alive = {"reader": reader.alive, "flooder": flooder.alive, "pinger": pinger.alive}
+    await close_all(conns)
+    await probe.wait_closed(fds_start, 30.0)
+    await asyncio.sleep(1.0)
+    rss_closed = probe.rss()
+
+    def rtts(lo: int, hi: int) -> list[float]:
+        return sorted(rtt / 1e6 for sent, rtt in pings.samples if lo <= sent < hi)
+
+    in_flood = rtts(flood_start_ns, flood_end_ns)
+    baseline = rtts(0, flood_start_ns)
+    after = rtts(flood_end_ns, 1 << 62)
+    unanswered = [sent for sent in pings.sent.values() if flood_start_ns <= sent < flood_end_ns]
+
+    # times since the flood began (perf_counter and perf_counter_ns share one clock)
+    def since_flood(at: float) -> float:
+        return round(at - flood_start_ns / 1e9, 2)
+
+    for row in monitor.timeline:
+        # the ping column: the worst round trip of the pings sent in the second before the row
+        hi = int((row[0] or 0) * 1e9)
+        bucket = rtts(hi - 1_000_000_000, hi)
+        row[0] = round(since_flood(row[0] or 0), 1)
+        row.append(round(bucket[-1], 1) if bucket else None)
+    growth = (
+        round((rss_peak - rss_before) / 1024, 1)
+        if rss_peak is not None and rss_before is not None
+        else None
+    )
+    result |= {
+        "ok": bool(in_flood) and stats.bytes > 0 and rss_closed is not None,
+        "rtt_p50_ms": percentile(in_flood, 0.5, 2),
+        "rtt_p99_ms": percentile(in_flood, 0.99, 2),
+        "rtt_max_ms": round(in_flood[-1], 2) if in_flood else None,
+        "rtt_samples": len(in_flood),
+        "rtt_unanswered": len(unanswered),
+        "rtt_baseline_p50_ms": percentile(baseline, 0.5, 2),
+        "rtt_after_p99_ms": percentile(after, 0.99, 2),
+        "ping_errors": pings.errors,
+        "rss_start_kib": rss_start,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": rss_peak,
+        "rss_after_flood_kib": rss_after_flood,
+        "rss_drain_peak_kib": monitor.rss_peak,
+        "rss_after_drain_kib": rss_after_drain,
+        "rss_closed_kib": rss_closed,
+        "rss_growth_mib": growth,
+        "flood_mb": round(to_kernel / 1e6, 1),
+        "flood_messages": to_kernel // max(1, stats.bytes // max(1, stats.messages)),
+        "flood_mb_per_s": round(to_kernel / 1e6 / max(flood_s, 1e-9), 1),
+        "flood_s_actual": round(flood_s, 2),
+        "flood_stopped_by": stats.stopped_by,
+        "flood_pauses": stats.pauses,
+        "flood_paused_s": round(stats.paused_s, 2),
+        "flood_longest_pause_s": round(stats.longest_pause_s, 2),
+        "flood_stalled_s": round(monitor.stalled_s, 1),
+        "flooder_connected": alive["flooder"],
+        "flooder_stream_error": flooder_seen.stream_error,
+        "flooder_error_stanzas": flooder_seen.errors,
+        "reader_closed_by_server": reader_closed_at is not None
+        or reader_state is not None
+        or not alive["reader"],
+        "reader_closed_at_s": since_flood(reader_closed_at) if reader_closed_at else None,
+        "reader_tcp_state": [reader_state[0], since_flood(reader_state[1])]
+        if reader_state
+        else None,
+        "reader_stream_error": reader_seen.stream_error,
+        "reader_stream_ended": reader_seen.ended,
+        "reader_messages": reader_seen.messages,
+        "reader_mb": round(reader_seen.bytes / 1e6, 1),
+        "reader_drain_s": round(drain_s, 2),
+        "pinger_connected": alive["pinger"],
+        "server_alive": rss_closed is not None,
+        "timeline_fields": [*SlowReaderMonitor.FIELDS, "ping_max_ms"],
+        "timeline": monitor.timeline,
+        **usage,
+    }
+    return with_checks(
+        result,
+        [
+            check("rtt_p99_ms", result["rtt_p99_ms"], "<", 50),
+            check("rtt_unanswered", len(unanswered), "==", 0),
+            check("rss_growth_mib", growth, "<=", 32),
+        ],
+    )
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 SCENARIOS = {
     "throughput": run_throughput,
     "latency": run_latency,
-    "memory": run_memory,
+    "memory": run_idle,
+    "hold": run_idle,
     "logins": run_logins,
+    "afterload": run_afterload,
+    "slowreader": run_slowreader,
 }
 
 
@@ -967,16 +1784,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=50)
 
-    p = sub.add_parser("memory")
-    p.add_argument("--count", type=int, default=10_000)
-    p.add_argument("--concurrency", type=int, default=200)
-    p.add_argument("--sources", type=int, default=4, help="loopback source addresses 127.0.0.2+")
-    p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
+    for name, hold in (("memory", 0.0), ("hold", 300.0)):
+        p = sub.add_parser(name)
+        p.add_argument("--count", type=int, default=10_000)
+        p.add_argument("--concurrency", type=int, default=200)
+        p.add_argument("--sources", type=int, default=5, help="loopback sources 127.0.0.2+")
+        p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
+        p.add_argument("--hold", type=float, default=hold, help="seconds held before the pings")
 
     p = sub.add_parser("logins")
     p.add_argument("--workers", type=int, default=48)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=10.0)
+
+    p = sub.add_parser("afterload")
+    p.add_argument("--pairs", type=int, default=200)
+    p.add_argument("--window", type=int, default=50, help="messages in flight per sender")
+    p.add_argument("--bare", action="store_true", help="address the partner's bare JID")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=50, help="logins in flight (pairs)")
+    p.add_argument("--count", type=int, default=10_000, help="sessions in the idle storm")
+    p.add_argument("--storm-concurrency", type=int, default=200)
+    p.add_argument("--sources", type=int, default=5, help="loopback sources 127.0.0.2+")
+    p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
+
+    p = sub.add_parser("slowreader")
+    p.add_argument("--duration", type=float, default=10.0, help="flood seconds")
+    p.add_argument("--bytes", type=int, default=200_000_000, help="flood at most this much")
+    p.add_argument("--body-size", type=int, default=1000, help="bytes of each message body")
+    p.add_argument("--interval", type=float, default=0.01, help="seconds between pings")
+    p.add_argument("--baseline", type=float, default=1.0, help="pings alone before the flood, s")
+    p.add_argument("--linger", type=float, default=5.0, help="pings after the flood, s")
+    p.add_argument("--rcvbuf", type=int, default=65536, help="the reader's SO_RCVBUF")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="the reader's final read, s")
     return parser.parse_args(argv)
 
 
@@ -991,7 +1832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one scenario and print its JSON result line."""
     args = parse_args(argv)
     limit = raise_file_limit()
-    if args.scenario == "memory" and args.count + 200 > limit:
+    if args.scenario in ("memory", "hold", "afterload") and args.count + 200 > limit:
         print(f"--count {args.count} exceeds the file limit {limit}", file=sys.stderr)
         return 2
     target = Target(args.host, args.port, args.domain, args.password, timeout=args.timeout)

@@ -44,14 +44,48 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CLIENT_CPU = "1"
 PASSWORD = "bench-password"
-SCENARIOS = ("throughput", "latency", "memory", "logins")
+SCENARIOS = ("throughput", "latency", "memory", "logins", "afterload", "slowreader", "hold")
+# hold (N connections held --hold seconds, 5 minutes by default) runs only when named
+DEFAULT_SCENARIOS = SCENARIOS[:-1]
+CONNECTIONS_PER_SOURCE = 2000  # idle connections per loopback source address (127.0.0.2, ...)
 
-# (metric, higher is better) per scenario, for the summary and the ratio lines
-METRICS: dict[str, tuple[tuple[str, bool], ...]] = {
+# (metric, higher is better) per scenario, for the summary and the ratio lines;
+# None: a figure shown side by side, with no better direction and no ratio
+METRICS: dict[str, tuple[tuple[str, bool | None], ...]] = {
     "throughput": (("msg_per_s", True), ("server_us_per_msg", False)),
     "latency": (("p50_ms", False), ("p99_ms", False), ("max_ms", False)),
-    "memory": (("kib_per_conn", False), ("setup_conn_per_s", True), ("server_ms_per_conn", False)),
+    "memory": (
+        ("kib_per_conn", False),
+        ("setup_conn_per_s", True),
+        ("server_ms_per_conn", False),
+        ("rss_close_ratio", False),
+    ),
     "logins": (("logins_per_s", True), ("server_ms_per_login", False)),
+    "afterload": (
+        ("fresh_msg_per_s", True),
+        ("after_msg_per_s", True),
+        ("after_fresh_ratio", True),
+        ("storm_kib_per_conn", False),
+        ("rss_close_ratio", False),
+    ),
+    "slowreader": (
+        ("rtt_p50_ms", False),
+        ("rtt_p99_ms", False),
+        ("rtt_max_ms", False),
+        ("rss_growth_mib", False),
+        ("flood_mb", None),
+        ("flood_stalled_s", None),
+        ("reader_closed_at_s", None),
+    ),
+    "hold": (
+        ("established", True),
+        ("setup_conn_per_s", True),
+        ("kib_per_conn", False),
+        ("kib_per_conn_held", False),
+        ("pings_answered", True),
+        ("ping_all_s", False),
+        ("rss_close_ratio", False),
+    ),
 }
 
 
@@ -68,11 +102,21 @@ class Plan:
     idle: int = 10_000
     idle_concurrency: int = 200
     login_workers: int = 48
+    hold: float = 300.0
+    flood: float = 10.0
+    flood_bytes: int = 200_000_000
+    linger: float = 5.0
 
     @property
     def accounts(self) -> int:
         """Accounts every scenario together needs."""
-        return max(2 * self.throughput_pairs, 2 * self.latency_pairs, self.idle, self.login_workers)
+        return max(
+            2 * self.throughput_pairs, 2 * self.latency_pairs, self.idle, self.login_workers, 3
+        )
+
+    def _idle_args(self) -> list[str]:
+        sources = max(1, math.ceil(self.idle / CONNECTIONS_PER_SOURCE))
+        return ["--count", str(self.idle), "--sources", str(sources)]
 
     def client_args(self, scenario: str) -> list[str]:
         """loadclient.py arguments for one scenario."""
@@ -82,19 +126,40 @@ class Plan:
             return [scenario, *pairs, *timing]
         if scenario == "latency":
             return [scenario, "--pairs", str(self.latency_pairs), "--rate", str(self.rate), *timing]
-        if scenario == "memory":
-            sources = str(max(1, math.ceil(self.idle / 5000)))
-            count = ["--count", str(self.idle), "--concurrency", str(self.idle_concurrency)]
-            return [scenario, *count, "--sources", sources]
+        if scenario in ("memory", "hold"):
+            hold = ["--hold", str(self.hold if scenario == "hold" else 0.0)]
+            return [
+                scenario,
+                *self._idle_args(),
+                "--concurrency",
+                str(self.idle_concurrency),
+                *hold,
+            ]
         if scenario == "logins":
             timing[1] = str(min(self.warmup, 1.0))
             return [scenario, "--workers", str(self.login_workers), *timing]
+        if scenario == "afterload":
+            pairs = ["--pairs", str(self.throughput_pairs), "--window", str(self.window)]
+            storm = [*self._idle_args(), "--storm-concurrency", str(self.idle_concurrency)]
+            return [scenario, *pairs, *timing, *storm]
+        if scenario == "slowreader":
+            flood = ["--duration", str(self.flood), "--bytes", str(self.flood_bytes)]
+            return [scenario, *flood, "--linger", str(self.linger)]
         raise ValueError(scenario)
 
     def client_timeout(self, scenario: str) -> float:
         """Hard limit on one load-client run, s."""
+        # idle connections are set up at >= 20 per second, or it is a failure; pinging and
+        # closing them has its own bounded waits (about 3 minutes at most)
+        storm = self.idle / 20 + 240.0
         if scenario == "memory":
-            return 120.0 + self.idle / 20  # setup at >= 20 connections/s, or it is a failure
+            return 120.0 + storm
+        if scenario == "hold":
+            return 120.0 + storm + self.hold
+        if scenario == "afterload":
+            return 120.0 + storm + 2 * (120.0 + 2 * (self.warmup + self.duration))
+        if scenario == "slowreader":
+            return 180.0 + self.flood + self.linger
         return 120.0 + 2 * (self.warmup + self.duration)
 
 
@@ -107,6 +172,10 @@ QUICK = Plan(
     idle=300,
     idle_concurrency=50,
     login_workers=16,
+    hold=5.0,
+    flood=3.0,
+    flood_bytes=50_000_000,
+    linger=2.0,
 )
 
 
@@ -121,10 +190,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but hold)",
     )
-    parser.add_argument("--idle", type=int, help="idle connections for the memory scenario")
+    parser.add_argument(
+        "--idle", type=int, help="idle connections: memory, hold and afterload's storm"
+    )
+    parser.add_argument(
+        "--hold", type=float, help="seconds the hold scenario keeps them (default 300)"
+    )
     parser.add_argument("--duration", type=float, help="measured seconds per timed scenario")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument(
@@ -151,6 +225,8 @@ class Run:
             plan = dataclasses.replace(plan, idle=args.idle)
         if args.duration is not None:
             plan = dataclasses.replace(plan, duration=args.duration)
+        if args.hold is not None:
+            plan = dataclasses.replace(plan, hold=args.hold)
         self.plan = plan
         self.scenarios: list[str] = args.scenarios
         names = ["xmppd", "prosody"] if args.server == "both" else [args.server]
@@ -249,9 +325,15 @@ class Run:
         for scenario in self.scenarios:
             for metric, higher in METRICS[scenario]:
                 values = [by_key.get((name, scenario), {}) for name in names]
-                cells = [fmt(v.get(metric)) + flags(v, rate=higher) for v in values]
+                cells = [
+                    fmt(v.get(metric)) + flags(v, rate=metric.endswith("_per_s")) for v in values
+                ]
                 ratio = ""
-                if len(names) == 2 and all(v.get("ok") and v.get(metric) for v in values):
+                if (
+                    len(names) == 2
+                    and higher is not None
+                    and all(v.get("ok") and v.get(metric) for v in values)
+                ):
                     value = values[0][metric] / values[1][metric]
                     ratio = f"{value:.2f} ({'higher' if higher else 'lower'} is better)"
                     self.emit(
@@ -271,6 +353,14 @@ class Run:
                 "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)),
                 file=sys.stderr,
             )
+        verdicts = [
+            f"  {line['scenario']:<11} {line['server']:<8} {verdict(line)}"
+            for line in self.lines
+            if "checks" in line
+        ]
+        if verdicts:
+            print("\ntargets (they do not change the exit status):", file=sys.stderr)
+            print("\n".join(verdicts), file=sys.stderr)
         print(f"\nsaved: {self.results}", file=sys.stderr)
 
     def cleanup(self, keep: bool) -> None:
@@ -297,6 +387,15 @@ def flags(line: dict[str, Any], *, rate: bool) -> str:
     return " (client-bound)" if rate and line.get("client_bound") else ""
 
 
+def verdict(line: dict[str, Any]) -> str:
+    """The issue's targets for one result: met, or which were missed and by how much."""
+    checks = line.get("checks") or []
+    missed = [f"{name} (was {fmt(value)})" for name, value, met in checks if not met]
+    if missed:
+        return "MISSED: " + "; ".join(missed)
+    return "met: " + "; ".join(f"{name} ({fmt(value)})" for name, value, _ in checks)
+
+
 def headline(scenario: str, figures: dict[str, Any], ok: bool) -> str:
     """The figures worth a progress line."""
     if "error" in figures and not ok:
@@ -306,7 +405,8 @@ def headline(scenario: str, figures: dict[str, Any], ok: bool) -> str:
     warning = (
         "  (CLIENT-BOUND: a client limit, not the server's)" if figures.get("client_bound") else ""
     )
-    return ", ".join(parts) + warning + ("" if ok else "  (NOT OK)")
+    target = f"  [targets {verdict(figures)}]" if "checks" in figures else ""
+    return ", ".join(parts) + warning + ("" if ok else "  (NOT OK)") + target
 
 
 def note(text: str) -> None:
