@@ -1295,6 +1295,7 @@ async def run_afterload(target: Target, args: argparse.Namespace) -> dict[str, A
 PING_ID = re.compile(rb"""\bid=['"]p(\d+)['"]""")
 STREAM_ERROR = re.compile(rb"<stream:error[^>]*>\s*<([A-Za-z-]+)")
 TCP_STATES = {1: "ESTABLISHED", 4: "FIN_WAIT1", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK"}
+TCP_INFO_SIZE = 136  # struct tcp_info up to tcpi_bytes_acked (Linux 4.1+) at offset 120
 
 
 class PingMeter:
@@ -1434,6 +1435,20 @@ async def ping_loop(
                 await stop.wait()
 
 
+def tcp_info(conn: XmppConnection) -> tuple[int, int] | None:
+    """(state, bytes acked by the peer's kernel) of a connection's socket, from TCP_INFO."""
+    sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < TCP_INFO_SIZE:
+        return None
+    return info[0], int.from_bytes(info[120:128], sys.byteorder)  # tcpi_state, tcpi_bytes_acked
+
+
 def tcp_key(address: tuple[str, int]) -> str:
     """An IPv4 address as /proc/net/tcp writes it: little-endian hex address, hex port."""
     return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
@@ -1454,15 +1469,16 @@ def tcp_sockets(wanted: dict[tuple[str, str], str]) -> dict[str, tuple[int, int,
 
 
 class SlowReaderMonitor:
-    """Samples the server every 20 ms (RSS peak, descriptors) and every second (a timeline row).
+    """Samples the server every 20 ms (RSS peak, descriptors), F's progress every 100 ms and the
+    server every second (a timeline row).
 
     A drop in the server's descriptor count while the flooder and the pinger are still connected,
     with the server's side of the reader's connection no longer ESTABLISHED in /proc/net/tcp,
     means the server closed the reader's connection: that is when the reader was disconnected
-    (the reader itself cannot see it: it is not reading). Each timeline row has the megabytes the
-    flooder handed to its kernel in that second, the server's RSS, the bytes the server has not
-    read from the flooder and the bytes queued in the server's kernel for the reader (both from
-    /proc/net/tcp, the server's side of each connection).
+    (the reader itself cannot see it: it is not reading). Each timeline row has the megabytes of
+    F's the server's kernel acknowledged in that second (``tcpi_bytes_acked`` of F's socket), the
+    server's RSS, the bytes the server has not read from the flooder and the bytes queued in the
+    server's kernel for the reader (both from /proc/net/tcp, the server's side of each connection).
     """
 
     FIELDS = ("t_s", "flood_mb", "rss_mib", "flooder_unread_kib", "reader_queued_kib")
@@ -1493,16 +1509,15 @@ class SlowReaderMonitor:
         self.timeline: list[list[float | None]] = []
         self.stopped = False
         self.flooding = False  # set by the scenario while F floods
-        self.stalled_s = 0.0  # flood time in 100 ms windows in which F's kernel took nothing
+        self.stalled_s = 0.0  # flood time in 100 ms windows in which the server took nothing
+        self._acked = 0
 
-    def _reader_tcp_state(self) -> int | None:
-        sock = self.reader.transport.get_extra_info("socket") if self.reader.transport else None
-        if sock is None:
-            return None
-        try:
-            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
-        except OSError:
-            return None
+    def flood_acked(self) -> int:
+        """Bytes of F's the server's kernel has acknowledged (its receive buffer took them)."""
+        info = tcp_info(self.flooder)
+        if info is not None:
+            self._acked = info[1]
+        return self._acked
 
     def _reader_gone(self) -> bool:
         """The server's side of the reader's connection is closed (FIN_WAIT1) or gone (reset)."""
@@ -1533,15 +1548,17 @@ class SlowReaderMonitor:
         """Sample until ``stopped`` or for ``limit`` seconds at most."""
         next_row = next_window = time.perf_counter()
         deadline = next_row + limit
-        flooded = window_start = 0
+        flooded = window_start = self.flood_acked()
         while not self.stopped and time.perf_counter() < deadline:
             now = time.perf_counter()
             if now >= next_window:
-                # F's kernel took nothing for a whole window: the server is not reading F
-                to_kernel = self.stats.bytes - self.flooder.write_buffer_size()
-                if self.flooding and to_kernel == window_start and self.flooder.writing_paused:
+                # The server's kernel acknowledges F's bytes as long as its receive buffer has
+                # room, and the buffer only drains when the server reads: nothing acknowledged
+                # for a whole window while F waits means the server is not reading F.
+                acked = self.flood_acked()
+                if self.flooding and acked == window_start and self.flooder.writing_paused:
                     self.stalled_s += 0.1
-                window_start = to_kernel
+                window_start = acked
                 next_window = now + 0.1
             rss = self.probe.rss()
             if rss is not None and (self.rss_peak is None or rss > self.rss_peak):
@@ -1557,14 +1574,13 @@ class SlowReaderMonitor:
                 and self._reader_gone()
             ):
                 self.reader_closed_at = now
-            state = self._reader_tcp_state()
-            if self.reader_tcp_state is None and state not in (None, 1):
-                name = TCP_STATES.get(state or 0, str(state))
-                self.reader_tcp_state = (name, now)
+            info = tcp_info(self.reader)
+            if self.reader_tcp_state is None and info is not None and info[0] != 1:
+                self.reader_tcp_state = (TCP_STATES.get(info[0], str(info[0])), now)
             if now >= next_row:
-                to_kernel = self.stats.bytes - self.flooder.write_buffer_size()
-                self._row(now, to_kernel - flooded)
-                flooded = to_kernel
+                acked = self.flood_acked()
+                self._row(now, acked - flooded)
+                flooded = acked
                 next_row += 1.0
             await asyncio.sleep(0.02)
 
@@ -1623,6 +1639,7 @@ async def run_slowreader(target: Target, args: argparse.Namespace) -> dict[str, 
         await asyncio.sleep(args.baseline)
         flood_start_ns = time.perf_counter_ns()
         meter = CpuMeter(args.pid)
+        acked_start = monitor.flood_acked()
         monitor.flooding = True
         await flood(flooder, reader.jid, args, stats)
         monitor.flooding = False
@@ -1630,6 +1647,7 @@ async def run_slowreader(target: Target, args: argparse.Namespace) -> dict[str, 
         flood_end_ns = time.perf_counter_ns()
         flood_s = (flood_end_ns - flood_start_ns) / 1e9
         to_kernel = stats.bytes - flooder.write_buffer_size()
+        accepted = monitor.flood_acked() - acked_start
         await asyncio.sleep(args.linger)
         stop_pinging.set()
         await asyncio.wait_for(ping_task, 5.0)
@@ -1704,9 +1722,10 @@ async def run_slowreader(target: Target, args: argparse.Namespace) -> dict[str, 
         "rss_after_drain_kib": rss_after_drain,
         "rss_closed_kib": rss_closed,
         "rss_growth_mib": growth,
-        "flood_mb": round(to_kernel / 1e6, 1),
-        "flood_messages": to_kernel // max(1, stats.bytes // max(1, stats.messages)),
-        "flood_mb_per_s": round(to_kernel / 1e6 / max(flood_s, 1e-9), 1),
+        "flood_mb": round(accepted / 1e6, 1),
+        "flood_messages": accepted // max(1, stats.bytes // max(1, stats.messages)),
+        "flood_mb_per_s": round(accepted / 1e6 / max(flood_s, 1e-9), 1),
+        "flood_mb_written": round(to_kernel / 1e6, 1),
         "flood_s_actual": round(flood_s, 2),
         "flood_stopped_by": stats.stopped_by,
         "flood_pauses": stats.pauses,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import slixmpp
 
+from tests.helpers.wire import client_context
 from xmppd import config as config_mod
 from xmppd.jid import JID
 from xmppd.server import Server
@@ -43,16 +43,6 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         yield srv
     finally:
         await srv.stop()
-
-
-def client_ssl_context(max_tls12: bool = False) -> ssl.SSLContext:
-    """Accept the self-signed test certificate."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if max_tls12:
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
 
 
 class Client(slixmpp.ClientXMPP):  # type: ignore[misc]  # slixmpp is untyped
@@ -93,7 +83,7 @@ async def connect(server: Server) -> AsyncIterator[ClientFactory]:
         expect_failure: bool = False,
     ) -> Client:
         client = Client(jid, password, sasl_mech=mech)
-        client.ssl_context = client_ssl_context(max_tls12)
+        client.ssl_context = client_context(max_tls12)
         client.enable_direct_tls = direct_tls
         client.enable_starttls = not direct_tls
         started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
