@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import resource
@@ -67,6 +68,9 @@ class Server:
         self._admin: AdminServer | None = None
         self._stopping = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._closed_since_collect = 0
+        self._peak_connections = 0
+        self._collect_handle: asyncio.TimerHandle | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,6 +143,8 @@ class Server:
             listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._collect_handle is not None:
+            self._collect_handle.cancel()
         for conn in list(self.connections):
             conn.close(StreamError("system-shutdown", "the server is shutting down"))
         for session in self.sessions.all_sessions():
@@ -223,6 +229,30 @@ class Server:
     async def session_bound(self, session: Session) -> None:
         """Fire SESSION_BOUND."""
         await session.host.bus.notify(ev.SESSION_BOUND, ev.SessionEvent(session))
+
+    def connection_closed(self) -> None:
+        """Count closed connections; after a storm of them, give their memory back.
+
+        A connection's lxml parser is a reference cycle, freed only by a full collection, and
+        freed memory returns to the OS only when the heap is trimmed. So once many connections
+        have closed (a quarter of the peak, at least 500), one collection and trim run shortly
+        after, in one go for the whole storm.
+        """
+        self._closed_since_collect += 1
+        peak = self._peak_connections = max(self._peak_connections, len(self.connections) + 1)
+        if (
+            self._collect_handle is None
+            and self._closed_since_collect >= max(500, peak // 4)
+            and not self._stopping
+        ):
+            self._collect_handle = asyncio.get_running_loop().call_later(1.0, self._collect)
+
+    def _collect(self) -> None:
+        self._collect_handle = None
+        self._closed_since_collect = 0
+        self._peak_connections = len(self.connections)
+        gc.collect()
+        _trim_heap()
 
     async def connection_lost(self, session: Session, reason: str) -> None:
         """A bound session lost its connection: a module may keep it detached (SESSION_LOST)."""

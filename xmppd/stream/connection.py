@@ -79,6 +79,9 @@ class ConnectionServices(Protocol):
     async def connection_lost(self, session: Session, reason: str) -> None:
         """The connection of a bound session closed (SESSION_LOST, then maybe the end)."""
 
+    def connection_closed(self) -> None:
+        """A connection is gone (memory bookkeeping after disconnect storms)."""
+
 
 def _limits(config: Config, pre_auth: bool) -> ParserLimits:
     lim = config.limits
@@ -234,6 +237,7 @@ class C2SConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.services.connections.discard(self)
+        self.services.connection_closed()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
