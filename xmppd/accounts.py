@@ -63,7 +63,14 @@ class AccountStore:
         self._cache.pop((host, username), None)
 
     async def exists(self, host: str, username: str) -> bool:
-        """Whether `username@host` exists."""
+        """Whether `username@host` exists (fresh cached credentials answer without storage).
+
+        Delivery asks this for every message to an account without an available resource, so
+        a flood towards a recently seen account does not become a flood of storage reads.
+        """
+        cached = self._cache.get((host, username))
+        if cached is not None and time.monotonic() - cached[0] < self.cache_ttl:
+            return True
         return await self.storage.keyvalue(host, STORE).get(username, KEY) is not None
 
     async def credentials(self, host: str, username: str) -> StoredCredentials | None:

@@ -109,3 +109,14 @@ async def test_prune_drops_expired_entries() -> None:
     store.prune()
     assert len(store._cache) == 0
     await storage.close()
+
+
+async def test_exists_answers_from_fresh_cache_and_sees_deletion_through_forget(
+    accounts: AccountStore,
+) -> None:
+    await accounts.create(ALICE, "pw")
+    await accounts.credentials("localhost", "alice")  # a login caches the verifiers
+    await accounts.storage.keyvalue("localhost", STORE).delete_user("alice")  # behind its back
+    assert await accounts.exists("localhost", "alice")  # within the TTL: cached
+    accounts.forget("localhost", "alice")  # what `xmppd deluser` triggers in a running server
+    assert not await accounts.exists("localhost", "alice")
