@@ -149,6 +149,7 @@ class C2SConnection(asyncio.Protocol):
         "_loop",
         "_out",
         "_out_bio",
+        "_out_size",
         "_paused",
         "_queue",
         "_slow_timer",
@@ -188,6 +189,7 @@ class C2SConnection(asyncio.Protocol):
         self._out_bio: ssl.MemoryBIO | None = None
         self._handshaking = False
         self._out: list[bytes] = []
+        self._out_size = 0  # bytes in _out (written out once per loop turn)
         self._flush_scheduled = False
         self._queue: deque[ParseEvent] | None = None  # only while events are pending
         self.active = True  # saw input since the last idle sweep
@@ -560,7 +562,7 @@ class C2SConnection(asyncio.Protocol):
 
     def buffered(self) -> int:
         """Output bytes held for this client (not yet taken by the kernel)."""
-        size = sum(map(len, self._out))
+        size = self._out_size
         if self._out_bio is not None:
             size += self._out_bio.pending
         if self.transport is not None:
@@ -611,7 +613,9 @@ class C2SConnection(asyncio.Protocol):
         if self._closed:
             return
         self._write(serialize(element))
-        if self._congested:
+        # Congested: the transport paused us, or this loop turn alone already queued more than
+        # the high-water mark (one turn can carry many reads from a fast sender).
+        if self._congested or self._out_size > self.config.limits.output_high_water:
             if self.buffered() > self.config.limits.output_max:
                 # Memory first: a client this far behind is dropped at once.
                 logger.warning("closing %s: %d bytes of output waiting", self.peer, self.buffered())
@@ -621,6 +625,7 @@ class C2SConnection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
+        self._out_size += len(data)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -636,16 +641,20 @@ class C2SConnection(asyncio.Protocol):
         if self._out and not self._handshaking:  # output waits until TLS is in place
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
+            self._out_size = 0
             if self._ssl is None:
                 self.transport.write(data)
-                return
-            try:
-                self._ssl.write(data)
-            except (ssl.SSLError, OSError) as exc:
-                logger.info("TLS write to %s failed: %s", self.peer, exc)
-                self._abort()
-                return
+            else:
+                try:
+                    self._ssl.write(data)
+                except (ssl.SSLError, OSError) as exc:
+                    logger.info("TLS write to %s failed: %s", self.peer, exc)
+                    self._abort()
+                    return
         self._write_tls_output()
+        if self._blocked_senders and not self._congested:
+            # Senders paused because this turn's output was large: the transport took it.
+            self._release_senders()
 
     def close(self, error: StreamError | None = None) -> None:
         """Close the stream: stream error (if any), closing tag, then the transport."""
