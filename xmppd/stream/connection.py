@@ -20,6 +20,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -579,7 +580,7 @@ class C2SConnection(asyncio.Protocol):
                 self.buffered(),
             )
             self.close(StreamError("policy-violation", "not reading fast enough"))
-            self._abort()  # its buffer will not drain: free it now
+            self._drop()  # its buffer will not drain: free it now
 
     def _block_on(self, recipient: C2SConnection) -> None:
         """Stop reading and processing until `recipient` drains (we flooded it)."""
@@ -619,7 +620,7 @@ class C2SConnection(asyncio.Protocol):
             if self.buffered() > self.config.limits.output_max:
                 # Memory first: a client this far behind is dropped at once.
                 logger.warning("closing %s: %d bytes of output waiting", self.peer, self.buffered())
-                self._abort()
+                self._drop()
                 return
             self.services.congested = self
 
@@ -673,6 +674,15 @@ class C2SConnection(asyncio.Protocol):
                 self._ssl.unwrap()
             self._write_tls_output()
         self.transport.close()
+
+    def _drop(self) -> None:
+        """Abort and make the kernel discard what it still holds for this client (RST)."""
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._abort()
 
     def _abort(self) -> None:
         self._closed = True
