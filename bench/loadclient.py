@@ -1010,8 +1010,14 @@ class IdlePingReceiver:
         self.tail = buffer[-1024:]  # a tag split across two reads
 
 
-async def ping_all(conns: Sequence[XmppConnection], domain: str, timeout: float) -> dict[str, Any]:
-    """XEP-0199: every live connection pings the server once; count the results."""
+async def ping_all(
+    conns: Sequence[XmppConnection], domain: str, rate: int, timeout: float
+) -> dict[str, Any]:
+    """XEP-0199: every live connection pings the server once, ``rate`` a second; count results.
+
+    Paced so that the round trips show each connection's wake-up cost rather than the queue of a
+    burst; ``ping_all_s`` is the time until the last answer.
+    """
     tally = PingTally()
     stanza = (
         b"<iq type='get' id='" + IDLE_PING_ID + b"' to='" + domain.encode() + b"'>"
@@ -1019,11 +1025,13 @@ async def ping_all(conns: Sequence[XmppConnection], domain: str, timeout: float)
     )
     live = [conn for conn in conns if conn.alive]
     began = time.perf_counter()
-    for index, conn in enumerate(live):
-        conn.handler = IdlePingReceiver(tally, time.perf_counter_ns())
-        conn.send(stanza)
-        if index % 200 == 199:
-            await asyncio.sleep(0)  # let replies in while the rest go out
+    chunk = max(1, rate // 100)  # one chunk every 10 ms
+    for start in range(0, len(live), chunk):
+        for conn in live[start : start + chunk]:
+            conn.handler = IdlePingReceiver(tally, time.perf_counter_ns())
+            conn.send(stanza)
+        due = began + (start + chunk) / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
     await _wait_for(lambda: tally.answered + tally.errors >= len(live), timeout)
     took = time.perf_counter() - began
     rtts = sorted(ns / 1e6 for ns in tally.rtts_ns)
@@ -1096,7 +1104,7 @@ async def run_idle(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             held_max = held
     alive_held = sum(conn.alive for conn in conns)
 
-    pings = await ping_all(conns, target.domain, timeout=30.0 + len(conns) / 500)
+    pings = await ping_all(conns, target.domain, args.ping_rate, timeout=30.0)
     alive_end = sum(conn.alive for conn in conns)
     await close_all(conns, timeout=60.0)
     close_s = await probe.wait_closed(fds_start, 60.0)
@@ -1693,6 +1701,10 @@ async def run_slowreader(target: Target, args: argparse.Namespace) -> dict[str, 
     def since_flood(at: float) -> float:
         return round(at - flood_start_ns / 1e9, 2)
 
+    flood_samples = [
+        (sent, rtt) for sent, rtt in pings.samples if flood_start_ns <= sent < flood_end_ns
+    ]
+    worst = max(flood_samples, key=lambda sample: sample[1], default=None)
     for row in monitor.timeline:
         # the ping column: the worst round trip of the pings sent in the second before the row
         hi = int((row[0] or 0) * 1e9)
@@ -1710,6 +1722,8 @@ async def run_slowreader(target: Target, args: argparse.Namespace) -> dict[str, 
         "rtt_p99_ms": percentile(in_flood, 0.99, 2),
         "rtt_max_ms": round(in_flood[-1], 2) if in_flood else None,
         "rtt_samples": len(in_flood),
+        "rtt_over_50ms": sum(rtt > 50.0 for rtt in in_flood),
+        "rtt_worst_at_s": since_flood(worst[0] / 1e9) if worst else None,
         "rtt_unanswered": len(unanswered),
         "rtt_baseline_p50_ms": percentile(baseline, 0.5, 2),
         "rtt_after_p99_ms": percentile(after, 0.99, 2),
@@ -1810,6 +1824,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.add_argument("--sources", type=int, default=5, help="loopback sources 127.0.0.2+")
         p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
         p.add_argument("--hold", type=float, default=hold, help="seconds held before the pings")
+        p.add_argument("--ping-rate", type=int, default=2000, help="final pings per second")
 
     p = sub.add_parser("logins")
     p.add_argument("--workers", type=int, default=48)

@@ -105,7 +105,8 @@ class Plan:
     hold: float = 300.0
     flood: float = 10.0
     flood_bytes: int = 200_000_000
-    linger: float = 5.0
+    # R stays unread ~36 s in all: longer than xmppd's slow_reader_timeout (30 s by default)
+    linger: float = 25.0
 
     @property
     def accounts(self) -> int:
