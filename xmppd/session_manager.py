@@ -82,10 +82,5 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._by_full)
 
-    @staticmethod
-    def parse_resource(resource: str) -> str:
-        """Prepare a requested resource; raises JIDError."""
-        return JID("x", "x", None).with_resource(resource).resource or ""
-
 
 __all__ = ["JIDError", "SessionManager"]
