@@ -119,9 +119,8 @@ class Delivery:
             return await self.message_bare(event)
         if type_ in ("error", "headline"):
             return True
-        if not await self._account(event.to.bare):
-            raise StanzaError("service-unavailable")
-        # §8.5.3.2.1: normal and groupchat to a resource that is gone: service-unavailable.
+        # §8.5.3.2.1 (normal, groupchat) and §8.5.1 (no such account) both answer
+        # service-unavailable, so no account lookup is needed here.
         raise StanzaError("service-unavailable")
 
     async def message_host(self, event: ev.StanzaEvent) -> bool:

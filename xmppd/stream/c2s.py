@@ -279,7 +279,7 @@ class C2SStream:
         state = self.state
         if state is State.ESTABLISHED:
             if tag in STANZA_TAGS:
-                if tag == IQ and element.get("type") == "set" and _child_tag(element) == SESSION:
+                if is_session_iq(element):
                     return [Send(serialize(_empty_result(element)))]
                 return [Deliver(element)]
             if isinstance(tag, str) and etree.QName(tag).namespace != ns.NS_CLIENT:
@@ -403,6 +403,11 @@ class C2SStream:
     def _close(self, condition: str, text: str | None = None) -> list[Action]:
         self.state = State.CLOSED
         return [Close(StreamError(condition, text))]
+
+
+def is_session_iq(element: etree._Element) -> bool:
+    """An RFC 3921 legacy session establishment request (answered by the stream itself)."""
+    return element.tag == IQ and element.get("type") == "set" and _child_tag(element) == SESSION
 
 
 def _child_tag(element: etree._Element) -> str | None:

@@ -33,7 +33,7 @@ from xmppd.sasl import ChannelBindings, StoredCredentials
 from xmppd.session import Session
 from xmppd.stanza import STANZA_TAGS
 from xmppd.stream import actions as act
-from xmppd.stream.c2s import C2SStream, State
+from xmppd.stream.c2s import C2SStream, State, is_session_iq
 from xmppd.stream.parser import ElementReceived, ParseEvent, ParserLimits, StreamParser
 from xmppd.stream.serializer import STREAM_CLOSE, serialize
 
@@ -406,7 +406,7 @@ class C2SConnection(asyncio.Protocol):
                 and self.stream.state is State.ESTABLISHED
                 and isinstance(event, ElementReceived)
                 and event.element.tag in STANZA_TAGS
-                and not _is_session_iq(event.element)
+                and not is_session_iq(event.element)
             ):
                 # Hot path: an established session's stanza goes straight to the router.
                 self.services.congested = None
@@ -688,11 +688,3 @@ class C2SConnection(asyncio.Protocol):
         self._closed = True
         if self.transport is not None:
             self.transport.abort()
-
-
-def _is_session_iq(element: etree._Element) -> bool:
-    return (
-        len(element) == 1
-        and element[0].tag == "{urn:ietf:params:xml:ns:xmpp-session}session"
-        and element.get("type") == "set"
-    )
