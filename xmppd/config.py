@@ -37,7 +37,7 @@ class Limits:
     pre_auth_max_attributes: int = 16
     auth_timeout: float = 30.0
     max_backlog: int = 100  # stanzas queued behind a suspended handler before pause_reading
-    idle_sweep: float = 10.0  # seconds between sweeps that hibernate idle streams' parsers
+    idle_sweep: float = 1.0  # seconds between sweeps that hibernate idle streams' parsers
     output_high_water: int = 131072  # bytes waiting for a client before its senders pause
     output_max: int = 4194304  # bytes waiting for a client before it is dropped at once
     slow_reader_timeout: float = 30.0  # seconds over the high-water mark before disconnect

@@ -14,13 +14,13 @@ on it directly:
 Each prepared part is 1 to 1023 octets of UTF-8 (RFC 7622 §3.1).
 
 Speed (DESIGN §5): preparing a localpart with ``precis-i18n`` costs ~5 µs, so `JID.parse` is
-memoised in a bounded LRU cache and every part has an ASCII fast path that gives exactly the
-result of the full profile (the tests compare both paths on random ASCII input).
+memoised in a bounded cache (oldest entries evicted first; an ended session's JID is dropped)
+and every part has an ASCII fast path that gives exactly the result of the full profile (the
+tests compare both paths on random ASCII input).
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import unicodedata
@@ -289,7 +289,19 @@ class JID:
         Raises:
             JIDError: the string is not a valid JID.
         """
-        return _parse(text)
+        jid = _CACHE.get(text)
+        if jid is None:
+            jid = _parse(text)
+            if len(_CACHE) >= _PARSE_CACHE_SIZE:
+                del _CACHE[next(iter(_CACHE))]
+            _CACHE[text] = jid
+        return jid
+
+    @staticmethod
+    def forget(jid: JID) -> None:
+        """Drop a JID that will not be seen again (an ended session's) from the parse cache,
+        so a storm of short sessions leaves nothing behind."""
+        _CACHE.pop(jid._str, None)
 
     @property
     def bare(self) -> JID:
@@ -339,7 +351,9 @@ class JID:
         return hash(self._str)
 
 
-@functools.lru_cache(maxsize=_PARSE_CACHE_SIZE)
+_CACHE: dict[str, JID] = {}
+
+
 def _parse(text: str) -> JID:
     # RFC 7622 §3.1: the resourcepart is everything after the first "/", then the localpart is
     # everything before the first "@" in what remains; the rest is the domainpart.

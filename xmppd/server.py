@@ -36,6 +36,7 @@ from xmppd.session_manager import SessionManager
 from xmppd.stanza import make
 from xmppd.storage import ArchiveStore, KeyValueStore, Storage, open_storage
 from xmppd.stream.connection import C2SConnection
+from xmppd.stream.parser import take_discarded
 from xmppd.throttle import AuthThrottle
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._closed_since_collect = 0
         self._peak_connections = 0
-        self._collect_handle: asyncio.TimerHandle | None = None
+        self._discarded = 0  # parsers the pool could not take since the last collection
+        self._trim_again = False
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -143,8 +145,6 @@ class Server:
             listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._collect_handle is not None:
-            self._collect_handle.cancel()
         for conn in list(self.connections):
             conn.close(StreamError("system-shutdown", "the server is shutting down"))
         for session in self.sessions.all_sessions():
@@ -169,21 +169,38 @@ class Server:
             logger.error("certificate reload failed, keeping the old ones: %s", exc)
 
     async def _idle_sweep(self) -> None:
-        """Every sweep interval, hibernate the parsers of streams that stayed silent since the
-        previous sweep (an idle stream's lxml parser is ~13 KiB; hibernated ~0.4 KiB)."""
+        """Every sweep interval: hibernate the parsers of streams that stayed silent since the
+        previous sweep, so that an idle stream holds no lxml parser (they are pooled, see
+        `xmppd.stream.parser`), and give memory back after a storm."""
         interval = self.config.limits.idle_sweep
         while True:
             await asyncio.sleep(interval)
             self.accounts.prune()
-            dropped = 0
+            hibernated = 0
             for conn in list(self.connections):
                 if conn.active:
                     conn.active = False
                 elif conn.hibernate():
-                    dropped += 1
-            if dropped:
-                # Freed parsers sit between live allocations; give those pages back.
-                _trim_heap()
+                    hibernated += 1
+            self._reclaim(hibernated)
+
+    def _reclaim(self, hibernated: int) -> None:
+        """Closed connections and parsers the full pool could not take are reference cycles,
+        freed only by a full collection (tens of ms at 19,000 streams): one runs once a
+        quarter of the connections (at least 500) or 2,000 such parsers are gone. Freed memory
+        goes back to the OS only when the heap is trimmed: after that collection, or after
+        enough streams hibernated."""
+        self._discarded += take_discarded()
+        closed, peak = self._closed_since_collect, self._peak_connections
+        if closed >= max(500, peak // 4) or self._discarded >= _COLLECT_DISCARDED:
+            self._closed_since_collect = self._discarded = 0
+            self._peak_connections = len(self.connections)
+            gc.collect()
+            _trim_heap()
+            self._trim_again = True  # what the collection's finalizers free comes later
+        elif hibernated >= _TRIM_AFTER or self._trim_again:
+            self._trim_again = False
+            _trim_heap()
 
     # --- TLS -------------------------------------------------------------------------------
     def _load_tls(self) -> None:
@@ -231,28 +248,9 @@ class Server:
         await session.host.bus.notify(ev.SESSION_BOUND, ev.SessionEvent(session))
 
     def connection_closed(self) -> None:
-        """Count closed connections; after a storm of them, give their memory back.
-
-        A connection's lxml parser is a reference cycle, freed only by a full collection, and
-        freed memory returns to the OS only when the heap is trimmed. So once many connections
-        have closed (a quarter of the peak, at least 500), one collection and trim run shortly
-        after, in one go for the whole storm.
-        """
+        """Count closed connections: the idle sweep gives their memory back after a storm."""
         self._closed_since_collect += 1
-        peak = self._peak_connections = max(self._peak_connections, len(self.connections) + 1)
-        if (
-            self._collect_handle is None
-            and self._closed_since_collect >= max(500, peak // 4)
-            and not self._stopping
-        ):
-            self._collect_handle = asyncio.get_running_loop().call_later(1.0, self._collect)
-
-    def _collect(self) -> None:
-        self._collect_handle = None
-        self._closed_since_collect = 0
-        self._peak_connections = len(self.connections)
-        gc.collect()
-        _trim_heap()
+        self._peak_connections = max(self._peak_connections, len(self.connections) + 1)
 
     async def connection_lost(self, session: Session, reason: str) -> None:
         """A bound session lost its connection: a module may keep it detached (SESSION_LOST)."""
@@ -372,6 +370,10 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _load_malloc_trim()
+
+
+_COLLECT_DISCARDED = 2000  # parsers left to the cyclic GC that justify a full collection
+_TRIM_AFTER = 100  # hibernated parsers that justify a malloc_trim
 
 
 def _trim_heap() -> None:

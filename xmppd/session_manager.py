@@ -49,6 +49,7 @@ class SessionManager:
         if full is None or self._by_full.get(full) is not session:
             return False
         del self._by_full[full]
+        JID.forget(full)
         bare = full.bare
         resources = self._by_bare.get(bare)
         if resources is not None:

@@ -329,3 +329,16 @@ def test_domain_fast_path_matches_slow_path_on_ascii() -> None:
     samples += ["xn--bcher-kva.de", "ab--c.de", "a" * 63 + ".b", "a" * 64 + ".b", "[::1]"]
     for s in samples:
         assert _outcome(prep_domain, s) == _outcome(jid_module._prep_domain_slow, s), repr(s)
+
+
+def test_forget_drops_an_ended_sessions_jid_from_the_parse_cache() -> None:
+    from xmppd import jid as jid_mod
+
+    text = "forgetme@example.com/phone-1234"
+    first = JID.parse(text)
+    assert JID.parse(text) is first  # memoised
+    JID.forget(first)
+    assert text not in jid_mod._CACHE
+    again = JID.parse(text)
+    assert again == first
+    assert again is not first

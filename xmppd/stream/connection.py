@@ -246,6 +246,7 @@ class C2SConnection(asyncio.Protocol):
             self._timer = None
         self._out.clear()
         self._queue = None
+        self.parser.release()
         self._release_senders()
         if self._slow_timer is not None:
             self._slow_timer.cancel()

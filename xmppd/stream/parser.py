@@ -102,6 +102,48 @@ _ENTITY_ERRORS = frozenset(
 )
 
 
+# An lxml pull parser is a reference cycle (its document points back to it), so a dropped one
+# waits for the cyclic GC, and a closed one still holds ~8 KiB (its libxml2 context and
+# wrappers). Closed parsers are therefore pooled and shared by all streams: an idle
+# (hibernated) or finished stream holds none, and opening or waking a stream takes one from the
+# pool. A closed parser starts a new document, with an empty error log, on its next feed.
+_POOL: list[etree.XMLPullParser] = []
+POOL_MAX = 512
+_discarded = 0  # parsers left to the cyclic GC because the pool was full
+
+
+def _make_parser() -> etree.XMLPullParser:
+    return etree.XMLPullParser(
+        events=("start", "end", "comment", "pi"),
+        encoding="utf-8",  # RFC 6120 §11.6; a declared other encoding is refused earlier
+        resolve_entities="internal",  # see the module docstring; no DTD ever gets here
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        collect_ids=False,
+    )
+
+
+def _release(parser: etree.XMLPullParser) -> None:
+    """Close a parser (freeing libxml2's buffers) and pool it while the pool has room."""
+    with contextlib.suppress(etree.XMLSyntaxError):  # the stream is never complete
+        parser.close()
+    for _ in parser.read_events():
+        pass
+    if len(_POOL) < POOL_MAX:
+        _POOL.append(parser)
+    else:
+        global _discarded  # a process-wide counter, read by the server
+        _discarded += 1
+
+
+def take_discarded() -> int:
+    """How many parsers were left to the cyclic GC since the last call (the pool was full)."""
+    global _discarded
+    count, _discarded = _discarded, 0
+    return count
+
+
 def _policy(limit: str, value: int) -> StreamError:
     return StreamError("policy-violation", f"{limit} exceeded (limit {value})")
 
@@ -132,7 +174,6 @@ class StreamParser:
         "_pending",
         "_prolog",
         "_root",
-        "_spare",
         "_wake_header",
         "limits",
     )
@@ -140,27 +181,19 @@ class StreamParser:
     def __init__(self, limits: ParserLimits = ParserLimits()) -> None:
         """Expect a stream header; `limits` may be replaced later (e.g. after authentication)."""
         self.limits = limits
-        # An lxml pull parser is a reference cycle (its document points back to it): a dropped
-        # one waits for the cyclic GC. So one parser object serves the whole connection: it is
-        # closed (freeing libxml2's buffers) and reused on stream restarts and hibernation.
-        self._spare: etree.XMLPullParser | None = None
         self._parser: etree.XMLPullParser | None = None
         self.reset()
 
     def _retire(self) -> None:
-        """Close the current lxml parser and keep it for reuse."""
+        """Close the current lxml parser and return it to the shared pool."""
         parser = self._parser
         if parser is not None:
-            with contextlib.suppress(etree.XMLSyntaxError):  # the stream is never complete
-                parser.close()
-            for _ in parser.read_events():
-                pass
-            self._spare = parser
+            self._parser = None
+            _release(parser)
 
     def reset(self) -> None:
         """Forget the current stream and expect a new header (RFC 6120 §4.3.3 restart)."""
         self._retire()
-        self._parser = None
         self._root: etree._Element | None = None
         self._holder: etree._Element | None = None
         self._wake_header: bytes | None = None
@@ -169,6 +202,12 @@ class StreamParser:
         self._elements = self._pending = self._log_seen = 0
         self._idle = False
         self._closed = False
+
+    def release(self) -> None:
+        """The connection is gone: give the lxml parser back to the pool."""
+        self._root = self._holder = None
+        self._retire()
+        self._closed = True
 
     def hibernate(self) -> bool:
         """Close the lxml parser (~10 KiB -> ~5 KiB) if the stream is open and idle.
@@ -186,7 +225,6 @@ class StreamParser:
         self._wake_header = f"<{name}>".encode()
         self._root = self._holder = None
         self._retire()
-        self._parser = None
         return True
 
     def feed(self, data: bytes) -> list[ParseEvent]:
@@ -211,6 +249,8 @@ class StreamParser:
             if self._closed or not data:
                 return out
             if self._wake_header is not None:
+                if data.isspace():
+                    return out  # a whitespace keepalive (RFC 6120 §4.6.1) does not wake it
                 parser = self._wake(self._wake_header)
             else:
                 found = self._scan_prolog(data)
@@ -229,21 +269,7 @@ class StreamParser:
         return out
 
     def _new_parser(self) -> etree.XMLPullParser:
-        parser = self._spare
-        if parser is not None:
-            self._spare = None
-            self._parser = parser
-            self._log_seen = 0
-            return parser
-        parser = etree.XMLPullParser(
-            events=("start", "end", "comment", "pi"),
-            encoding="utf-8",  # RFC 6120 §11.6; a declared other encoding is refused earlier
-            resolve_entities="internal",  # see the module docstring; no DTD ever gets here
-            no_network=True,
-            load_dtd=False,
-            huge_tree=False,
-            collect_ids=False,
-        )
+        parser = _POOL.pop() if _POOL else _make_parser()
         self._parser = parser
         self._log_seen = 0
         return parser
@@ -389,7 +415,8 @@ class StreamParser:
                     self._pending = 0
                 elif depth < 0:
                     out.append(StreamClosed())
-                    self._parser = self._root = self._holder = None
+                    self._root = self._holder = None
+                    self._retire()
                     self._closed = True
                     break
             else:

@@ -11,6 +11,7 @@ from lxml import etree
 
 from xmppd.errors import StreamError
 from xmppd.ns import NS_CLIENT, NS_STREAMS, XML_LANG
+from xmppd.stream import parser as parser_mod
 from xmppd.stream.parser import (
     PRE_AUTH_LIMITS,
     ElementReceived,
@@ -462,7 +463,7 @@ def test_hibernate_repeatedly_between_stanzas():
         assert len(elements(parser.feed(MESSAGE))) == 1
         assert parser.hibernate() is True
         assert parser.feed(b" ") == []
-        assert parser.hibernate() is True
+        assert parser.hibernate() is False  # still asleep: whitespace does not wake it
     assert [type(event) for event in parser.feed(b"</stream:stream>")] == [StreamClosed]
 
 
@@ -528,3 +529,50 @@ def test_reset_after_close_and_after_hibernate():
     assert parser.hibernate() is True
     parser.reset()
     assert isinstance(parser.feed(HEADER)[0], StreamOpened)
+
+
+def test_hibernated_streams_hold_no_parser_and_the_pool_is_bounded():
+    parser_mod._POOL.clear()
+    parser_mod.take_discarded()
+    streams = [opened() for _ in range(parser_mod.POOL_MAX + 10)]
+    for stream in streams:
+        assert len(elements(stream.feed(MESSAGE))) == 1
+        assert stream.hibernate() is True
+        assert stream._parser is None
+    assert len(parser_mod._POOL) == parser_mod.POOL_MAX
+    assert parser_mod.take_discarded() == 10
+    assert parser_mod.take_discarded() == 0
+    # Waking takes a pooled parser back; the stream goes on as if it had never slept.
+    assert len(elements(streams[0].feed(MESSAGE))) == 1
+    assert len(parser_mod._POOL) == parser_mod.POOL_MAX - 1
+
+
+def test_whitespace_keepalive_does_not_wake_a_hibernated_stream():
+    parser = opened()
+    parser.feed(MESSAGE)
+    assert parser.hibernate() is True
+    assert parser.feed(b"\n  \n") == []
+    assert parser._parser is None
+    assert len(elements(parser.feed(b" " + MESSAGE))) == 1
+
+
+def test_a_pooled_parser_that_saw_hostile_input_serves_the_next_stream_cleanly():
+    parser_mod._POOL.clear()
+    hostile = opened()
+    raises("not-well-formed", hostile, b"<message><b:x/></message>")
+    hostile.release()
+    assert len(parser_mod._POOL) == 1
+    clean = opened()
+    assert not parser_mod._POOL  # it took the hostile stream's parser
+    (message,) = elements(clean.feed(MESSAGE))
+    assert message.get("id") == "m1"
+    assert [type(event) for event in clean.feed(b"</stream:stream>")] == [StreamClosed]
+    assert len(parser_mod._POOL) == 1  # given back at the close
+
+
+def test_release_gives_the_parser_back_and_ignores_later_bytes():
+    parser_mod._POOL.clear()
+    parser = opened()
+    parser.release()
+    assert len(parser_mod._POOL) == 1
+    assert parser.feed(MESSAGE) == []
