@@ -2,13 +2,17 @@
 
 Answers from what the loaded modules declared (the host's FeatureRegistry). Disco on a local
 user's bare JID is answered by the server on the account's behalf (XEP-0030 §3 / XEP-0163):
-for now only to the account itself, until the roster module can tell subscribed contacts.
+to the account itself and to contacts with a from/both subscription (asked of the roster
+module through ROSTER_QUERY).
 """
 
 from __future__ import annotations
 
+import copy
+
 from lxml import etree
 
+from xmppd import events as ev
 from xmppd.errors import StanzaError
 from xmppd.features import Identity, Scope
 from xmppd.module_api import IqRequest, Module, Target, iq_handler
@@ -50,21 +54,25 @@ class Disco(Module):
     @iq_handler("get", NS_DISCO_INFO, "query", to=Target.ACCOUNT)
     async def account_info(self, request: IqRequest) -> etree._Element:
         """Identities and features of an account, answered by the server."""
-        self._check_account_access(request)
+        await self._check_account_access(request)
         return self._info(request, Scope.ACCOUNT)
 
     @iq_handler("get", NS_DISCO_ITEMS, "query", to=Target.ACCOUNT)
     async def account_items(self, request: IqRequest) -> etree._Element:
         """Items of an account (none until PEP nodes exist)."""
-        self._check_account_access(request)
+        await self._check_account_access(request)
         if request.payload.get("node"):
             raise StanzaError("item-not-found")
         return etree.Element(f"{{{NS_DISCO_ITEMS}}}query", nsmap={None: NS_DISCO_ITEMS})
 
-    @staticmethod
-    def _check_account_access(request: IqRequest) -> None:
-        if request.from_.bare != request.to.bare:
-            # Not revealing an account's features to strangers (RFC 6121 §8.5.1 spirit).
+    async def _check_account_access(self, request: IqRequest) -> None:
+        """The account itself and contacts with a presence subscription to it may ask
+        (XEP-0030 §3 with XEP-0163 §4); strangers learn nothing (RFC 6121 §8.5.1 spirit)."""
+        if request.from_.bare == request.to.bare:
+            return
+        query = ev.RosterQuery(request.to.bare, request.from_.bare)
+        await self.ctx.fire(ev.ROSTER_QUERY, query)
+        if query.subscription(request.from_.bare) not in ("from", "both"):
             raise StanzaError("service-unavailable")
 
     def _info(self, request: IqRequest, scope: Scope) -> etree._Element:
@@ -86,4 +94,7 @@ class Disco(Module):
                 el.set(XML_LANG, identity.lang)
         for var in registry.features(scope):
             etree.SubElement(query, f"{{{NS_DISCO_INFO}}}feature", var=var)
+        if scope is Scope.HOST:
+            # XEP-0128 extended information (e.g. XEP-0157 contact addresses).
+            query.extend(copy.deepcopy(form) for form in registry.extensions())
         return query

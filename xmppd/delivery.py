@@ -154,7 +154,8 @@ class Delivery:
     async def presence_broadcast(self, event: ev.StanzaEvent) -> bool:
         """RFC 6121 §4.2-4.5 for the sender's own resources; contacts are the presence module's.
 
-        Tracks availability and priority, which message delivery depends on.
+        Tracks availability and priority, which message delivery depends on, then fires
+        INITIAL_PRESENCE, PRESENCE_UPDATE or SESSION_UNAVAILABLE with the client's stanza.
         """
         session = event.origin
         stanza = event.stanza
@@ -172,8 +173,8 @@ class Delivery:
                 other.send(stanza.element)
                 if initial and other is not session and other.presence is not None:
                     session.send(other.presence)
-            if initial:
-                await session.host.bus.notify(ev.INITIAL_PRESENCE, ev.SessionEvent(session))
+            event_key = ev.INITIAL_PRESENCE if initial else ev.PRESENCE_UPDATE
+            await session.host.bus.notify(event_key, ev.SessionEvent(session, stanza.element))
         else:
             was_available = session.available
             for other in self.sessions.available(bare):
@@ -181,7 +182,9 @@ class Delivery:
             session.available = False
             session.presence = None
             if was_available:
-                await session.host.bus.notify(ev.SESSION_UNAVAILABLE, ev.SessionEvent(session))
+                await session.host.bus.notify(
+                    ev.SESSION_UNAVAILABLE, ev.SessionEvent(session, stanza.element)
+                )
         return True
 
     # --- iq --------------------------------------------------------------------------------

@@ -142,9 +142,32 @@ class MessageOffline:
 
 @dataclass(slots=True)
 class SessionEvent:
-    """A session changed state (bound, available, ended)."""
+    """A session changed state (bound, available, ended).
+
+    `stanza` is the presence that caused the change when the client sent one (e.g. its
+    unavailable presence with a status); None when the server decided (connection lost).
+    """
 
     session: Session
+    stanza: etree._Element | None = None
+
+
+@dataclass(slots=True)
+class RosterQuery:
+    """Asks the roster module for an account's subscription states (RFC 6121 §2.1.2.5).
+
+    The handler fills `subscriptions` (contact JID -> "none" | "to" | "from" | "both") for every
+    roster item, or only for `contact` when it is given, and returns True. Items that exist only
+    to track a pending inbound request are left out (they are not in the roster, §3.1.3).
+    """
+
+    user: JID  # the account's bare JID
+    contact: JID | None = None
+    subscriptions: dict[JID, str] = field(default_factory=dict)
+
+    def subscription(self, contact: JID) -> str:
+        """The state for `contact`, "none" when it has no roster item."""
+        return self.subscriptions.get(contact, "none")
 
 
 @dataclass(slots=True)
@@ -186,6 +209,8 @@ MESSAGE_OFFLINE: ChainKey[MessageOffline] = ChainKey("message/offline")
 
 SESSION_BOUND: NotifyKey[SessionEvent] = NotifyKey("session/bound")
 INITIAL_PRESENCE: NotifyKey[SessionEvent] = NotifyKey("session/initial-presence")
+# An available session sent a presence update (RFC 6121 §4.4), not its initial presence.
+PRESENCE_UPDATE: NotifyKey[SessionEvent] = NotifyKey("session/presence-update")
 SESSION_UNAVAILABLE: NotifyKey[SessionEvent] = NotifyKey("session/unavailable")
 # The connection of a bound session is gone. A handler returning True keeps the session bound
 # but detached (stream management hibernation); it must later re-attach it or end it with
@@ -193,3 +218,6 @@ SESSION_UNAVAILABLE: NotifyKey[SessionEvent] = NotifyKey("session/unavailable")
 SESSION_LOST: ChainKey[SessionEvent] = ChainKey("session/lost")
 SESSION_ENDED: NotifyKey[SessionEnded] = NotifyKey("session/ended")
 SHUTDOWN: NotifyKey[Shutdown] = NotifyKey("server/shutdown")
+
+# The roster module answers this (see RosterQuery): presence broadcast, probes, disco access.
+ROSTER_QUERY: ChainKey[RosterQuery] = ChainKey("roster/query")

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 
 class Scope(Enum):
@@ -39,12 +43,13 @@ class DiscoItem:
 class FeatureRegistry:
     """What one host advertises; modules add and remove entries through their context."""
 
-    __slots__ = ("_features", "_identities", "items")
+    __slots__ = ("_extensions", "_features", "_identities", "items")
 
     def __init__(self) -> None:
         self._features: dict[Scope, list[str]] = {Scope.HOST: [], Scope.ACCOUNT: []}
         self._identities: dict[Scope, list[Identity]] = {Scope.HOST: [], Scope.ACCOUNT: []}
         self.items: list[DiscoItem] = []
+        self._extensions: list[etree._Element] = []
 
     def add_feature(self, var: str, scope: Scope = Scope.HOST) -> None:
         """Advertise a feature var (duplicates are kept once in output)."""
@@ -71,3 +76,16 @@ class FeatureRegistry:
     def identities(self, scope: Scope = Scope.HOST) -> list[Identity]:
         """Identities in registration order, de-duplicated."""
         return list(dict.fromkeys(self._identities[scope]))
+
+    def add_extension(self, form: etree._Element) -> None:
+        """Add an XEP-0128 extended-information data form (type "result", with a FORM_TYPE)."""
+        self._extensions.append(form)
+
+    def remove_extension(self, form: etree._Element) -> None:
+        """Withdraw an extended-information form."""
+        if form in self._extensions:
+            self._extensions.remove(form)
+
+    def extensions(self) -> list[etree._Element]:
+        """Extended-information forms of the host JID, in registration order."""
+        return list(self._extensions)

@@ -532,3 +532,53 @@ async def test_messages_stop_reaching_an_ended_session(h: ModuleHarness, alice: 
     await h.send(alice, "<message to='bob@localhost' type='chat'><body/></message>")
 
     assert len(seen) == 1
+
+
+async def test_presence_update_event_fires_for_later_presence_only(h: ModuleHarness):
+    updates: list[tuple[Session, str | None]] = []
+
+    async def on_update(event: ev.SessionEvent) -> None:
+        assert event.stanza is not None
+        updates.append((event.session, event.stanza.findtext("{jabber:client}show")))
+
+    h.host().bus.add_notify(ev.PRESENCE_UPDATE, on_update, Priority.NORMAL)
+    phone = await h.connect("alice@localhost/phone")
+
+    await h.send(phone, "<presence/>")  # initial: INITIAL_PRESENCE, not an update
+    await h.send(phone, "<presence><show>away</show></presence>")
+    await h.send(phone, "<presence type='unavailable'/>")
+
+    assert updates == [(phone, "away")]
+
+
+async def test_unavailable_event_carries_the_clients_stanza(h: ModuleHarness):
+    stanzas: list[str | None] = []
+
+    async def on_unavailable(event: ev.SessionEvent) -> None:
+        stanzas.append(
+            None if event.stanza is None else event.stanza.findtext("{jabber:client}status")
+        )
+
+    h.host().bus.add_notify(ev.SESSION_UNAVAILABLE, on_unavailable, Priority.NORMAL)
+    phone = await h.connect("alice@localhost/phone", priority=0)
+    laptop = await h.connect("alice@localhost/laptop", priority=0)
+
+    await h.send(phone, "<presence type='unavailable'><status>bye</status></presence>")
+    await h.disconnect(laptop)  # connection lost: the server decides, no stanza
+
+    assert stanzas == ["bye", None]
+
+
+async def test_initial_presence_event_carries_the_clients_stanza(h: ModuleHarness):
+    seen: list[str | None] = []
+
+    async def on_initial(event: ev.SessionEvent) -> None:
+        assert event.stanza is not None
+        seen.append(event.stanza.findtext("{jabber:client}status"))
+
+    h.host().bus.add_notify(ev.INITIAL_PRESENCE, on_initial, Priority.NORMAL)
+    phone = await h.connect("alice@localhost/phone")
+
+    await h.send(phone, "<presence><status>hello</status></presence>")
+
+    assert seen == ["hello"]
