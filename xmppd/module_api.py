@@ -26,6 +26,7 @@ from xmppd.stanza import new_id
 from xmppd.storage import ArchiveStore, KeyValueStore, StoreKind
 
 if TYPE_CHECKING:
+    from xmppd.accounts import AccountStore
     from xmppd.hosts import Host, NonzaHandler, StreamFeatureProvider
     from xmppd.session import SendFilter, Session
     from xmppd.session_manager import SessionManager
@@ -107,6 +108,11 @@ class ServerServices(Protocol):
     """What the composition root offers modules (through their context only)."""
 
     sessions: SessionManager
+    local_domains: frozenset[str]  # the hosts served (not their service subdomains)
+
+    @property
+    def accounts(self) -> AccountStore:
+        """The account store."""
 
     async def route(self, element: etree._Element) -> None:
         """Route a server-generated stanza (its 'from' already set)."""

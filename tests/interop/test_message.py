@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import slixmpp
 from slixmpp.exceptions import IqError
 
 from tests.conftest import ClientFactory
@@ -92,11 +93,14 @@ async def test_message_to_unknown_user_is_answered_service_unavailable(
     assert str(err["from"]) == "nobody@localhost"
 
 
-async def test_message_to_offline_user_without_offline_module_bounces(
+async def test_message_to_offline_user_that_cannot_be_stored_bounces(
     connect: ClientFactory,
 ) -> None:
+    # RFC 6121 §8.5.2.2.1: not stored offline (here: a XEP-0334 <no-store/> hint) → an error.
     alice = await connect("alice@localhost/a")
-    alice.send_message(mto="carol@localhost", mbody="are you there", mtype="chat")
+    msg = alice.make_message(mto="carol@localhost", mbody="are you there", mtype="chat")
+    msg.xml.append(slixmpp.ET.Element("{urn:xmpp:hints}no-store"))
+    msg.send()
     err = await alice.next_message()
     assert err["type"] == "error"
     assert err["error"]["condition"] == "service-unavailable"

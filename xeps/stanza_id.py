@@ -1,0 +1,94 @@
+"""XEP-0359: Unique and Stable Stanza IDs — stamp <stanza-id/> on messages for local accounts.
+
+Every message of type chat, normal or headline that reaches a local account's bare or full JID
+gets ``<stanza-id xmlns='urn:xmpp:sid:0' by='user@host' id='...'/>`` before anything else
+handles it, so the live copy, carbon copies and the offline copy carry the same id. Ids come from
+`xmppd.lib.stanza_id.SortableIds`: they increase in the order messages are accepted, also
+across restarts (a persisted lease is always ahead of every id handed out), and end in random
+bits so they cannot be guessed. Modules read the stamp with `xmppd.lib.stanza_id.find_stanza_id`.
+
+Anti-spoofing (§3 rule 3): a <stanza-id/> whose 'by' is one of this server's domains or one of
+its accounts' bare JIDs is removed from every message a client sends and every message routed
+to a local account, whoever sent it. Other urn:xmpp:sid:0 elements (such as <origin-id/>) are
+kept, stripped of anything the XEP does not define (§3 rules 1, 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from xmppd.events import MESSAGE_BARE, MESSAGE_FULL, PRE_MESSAGE, Priority, StanzaEvent
+from xmppd.jid import JID, JIDError
+from xmppd.lib.stanza_id import NS_SID, SortableIds, sanitize, stamp_stanza_id, strip_stanza_ids
+from xmppd.module_api import Module, StoreKind, hook
+
+# Ahead of every other handler: nothing may see a spoofed id, and everything sees the stamp.
+STAMP_PRIORITY = Priority.FIRST + 100
+LEASE_US = 60_000_000  # one lease write per minute at most
+RENEW_MARGIN_US = 5_000_000
+STAMPED_TYPES = frozenset({"chat", "normal", "headline"})
+
+
+class StanzaIds(Module):
+    """Stamps and polices XEP-0359 stanza ids."""
+
+    xeps = (359,)
+    account_features = (NS_SID,)
+    stores = {"stanza_id": StoreKind.KEYVALUE}
+
+    async def load(self) -> None:
+        """Resume ids above the persisted lease, so they keep increasing across restarts."""
+        self._kv = self.ctx.keyvalue("stanza_id")
+        stored = await self._kv.get("", "lease")
+        floor = stored if isinstance(stored, int) and not isinstance(stored, bool) else 0
+        self.ids = SortableIds(floor)
+        self._lease = floor
+        self._renewing = asyncio.Lock()
+        self._domains = self.ctx.services.local_domains | {self.ctx.host.domain}
+
+    def is_ours(self, by: str) -> bool:
+        """Whether `by` is this server's domain or one of its accounts' bare JIDs."""
+        try:
+            jid = JID.parse(by)
+        except JIDError:
+            return False
+        return jid.resource is None and (
+            jid.domain in self._domains or jid.domain == self.ctx.host.domain
+        )
+
+    async def next_id(self) -> str:
+        """A new id; first extends the persisted lease when the counter comes near it."""
+        while self.ids.peek() + RENEW_MARGIN_US > self._lease:
+            async with self._renewing:
+                wanted = self.ids.peek() + RENEW_MARGIN_US
+                if wanted > self._lease:
+                    lease = wanted + LEASE_US
+                    await self._kv.set("", "lease", lease)
+                    self._lease = lease
+        return self.ids.next()
+
+    @hook(PRE_MESSAGE, priority=STAMP_PRIORITY)
+    async def police_outgoing(self, event: StanzaEvent) -> bool:
+        """A client never gets to send a stanza id in this server's name."""
+        strip_stanza_ids(event.stanza.element, self.is_ours)
+        sanitize(event.stanza.element)
+        return False
+
+    @hook(MESSAGE_BARE, priority=STAMP_PRIORITY)
+    @hook(MESSAGE_FULL, priority=STAMP_PRIORITY)
+    async def stamp(self, event: StanzaEvent) -> bool:
+        """Replace any id in our name, then stamp the recipient account's id."""
+        element = event.stanza.element
+        strip_stanza_ids(element, self.is_ours)
+        sanitize(element)
+        type_ = event.stanza.type or "normal"
+        to = event.to
+        if type_ in STAMPED_TYPES and to.local is not None and await self._account(to):
+            stamp_stanza_id(element, str(to.bare), await self.next_id())
+        return False
+
+    async def _account(self, to: JID) -> bool:
+        """Whether `to` is an account (messages to missing accounts bounce unstamped)."""
+        if self.ctx.sessions.has_sessions(to.bare):
+            return True
+        return await self.ctx.services.account_exists(to.domain, to.local or "")

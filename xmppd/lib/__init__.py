@@ -1,0 +1,1 @@
+"""Pure protocol helpers shared by several modules (no hooks, no server state)."""

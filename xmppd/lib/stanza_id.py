@@ -1,0 +1,118 @@
+"""XEP-0359: Unique and Stable Stanza IDs — read, stamp and sanitise <stanza-id/> elements.
+
+Other modules (MAM) read the id the server stamped with `find_stanza_id(message, by)`.
+`SortableIds` makes ids that sort (as strings) in the order they were made: a strictly
+increasing microsecond counter (14 hex digits) followed by 64 random bits (16 hex digits),
+so that an id is unpredictable (§3 rule 2) yet archive order is id order.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+
+from lxml import etree
+
+NS_SID = "urn:xmpp:sid:0"
+STANZA_ID = f"{{{NS_SID}}}stanza-id"
+ORIGIN_ID = f"{{{NS_SID}}}origin-id"
+
+COUNTER_DIGITS = 14  # hex digits: microseconds up to the year 4253
+RANDOM_DIGITS = 16
+ID_LENGTH = COUNTER_DIGITS + RANDOM_DIGITS
+_MAX_COUNTER = 16**COUNTER_DIGITS - 1
+
+
+def find_stanza_id(message: etree._Element, by: str) -> str | None:
+    """The id of the direct-child <stanza-id/> whose 'by' is `by`, or None."""
+    for element in message.findall(STANZA_ID):
+        if element.get("by") == by:
+            return element.get("id")
+    return None
+
+
+def stamp_stanza_id(message: etree._Element, by: str, id_: str) -> etree._Element:
+    """Add <stanza-id by=`by` id=`id_`/>, replacing any earlier one by `by` (§3 rules 3, 4)."""
+    for element in message.findall(STANZA_ID):
+        if element.get("by") == by:
+            message.remove(element)
+    element = etree.SubElement(message, STANZA_ID, nsmap={None: NS_SID})
+    element.set("id", id_)
+    element.set("by", by)
+    return element
+
+
+def strip_stanza_ids(message: etree._Element, is_ours: Callable[[str], bool]) -> int:
+    """Remove every direct-child <stanza-id/> whose 'by' `is_ours` (or is missing).
+
+    Returns how many were removed. Used against spoofing: only this server may stamp ids in
+    the name of its own accounts and domains.
+    """
+    removed = 0
+    for element in message.findall(STANZA_ID):
+        by = element.get("by")
+        if by is None or is_ours(by):
+            message.remove(element)
+            removed += 1
+    return removed
+
+
+def sanitize(message: etree._Element) -> None:
+    """§3 rules 1, 5, 6: keep urn:xmpp:sid:0 children but drop foreign attributes and content.
+
+    A <stanza-id/> without 'id' or 'by', or an <origin-id/> without 'id', is removed (it could
+    not be used anyway).
+    """
+    for tag, allowed in ((STANZA_ID, ("id", "by")), (ORIGIN_ID, ("id",))):
+        for element in message.findall(tag):
+            if any(element.get(name) is None for name in allowed):
+                message.remove(element)
+                continue
+            for name in list(element.attrib):
+                if name not in allowed:
+                    del element.attrib[name]
+            for child in list(element):
+                element.remove(child)
+            element.text = None
+
+
+def id_counter(id_: str) -> int | None:
+    """The counter part of an id made by `SortableIds`, or None for any other string."""
+    if len(id_) != ID_LENGTH:
+        return None
+    try:
+        return int(id_[:COUNTER_DIGITS], 16)
+    except ValueError:
+        return None
+
+
+class SortableIds:
+    """Makes string-sortable unique ids; pure (the caller persists `last` to survive restarts).
+
+    Args:
+        floor: every id made has a counter above this (e.g. a persisted high-water mark).
+        clock: unix time in seconds.
+    """
+
+    __slots__ = ("_clock", "last")
+
+    def __init__(self, floor: int = 0, clock: Callable[[], float] = time.time) -> None:
+        self.last = floor
+        self._clock = clock
+
+    def peek(self) -> int:
+        """The counter the next id will have."""
+        return max(int(self._clock() * 1_000_000), self.last + 1)
+
+    def next(self) -> str:
+        """A new id, greater (as a string) than every id made before by this generator.
+
+        Raises:
+            OverflowError: the counter space is exhausted (not before the year 4253).
+        """
+        counter = self.peek()
+        if counter > _MAX_COUNTER:
+            raise OverflowError("stanza id counter exhausted")
+        self.last = counter
+        return f"{counter:0{COUNTER_DIGITS}x}{secrets.token_hex(RANDOM_DIGITS // 2)}"
