@@ -129,6 +129,12 @@ class AccountStore:
         await self.storage.keyvalue(jid.domain, STORE).delete_user(jid.local)
         self.forget(jid.domain, jid.local)
 
+    async def delete_data(self, jid: JID) -> int:
+        """Delete everything stored for a (deleted) account in every store of its host: roster,
+        offline messages, vCard, ... Run after its sessions ended, so nothing written at their
+        end survives."""
+        return await self.storage.delete_user_data(jid.domain, jid.local or "")
+
     async def users(self, host: str) -> list[str]:
         """Usernames of `host`, sorted."""
         return await self.storage.keyvalue(host, STORE).users()

@@ -212,6 +212,7 @@ async def _accounts_verb(config: Config, args: argparse.Namespace) -> int:
             await admin.call(config.admin_socket, {"cmd": "account_changed", "jid": str(jid)})
             reply = await admin.call(config.admin_socket, {"cmd": "end_sessions", "jid": str(jid)})
             ended = reply.get("ended", 0) if reply else 0
+            await accounts.delete_data(jid)  # after the sessions: nothing they write survives
             print(f"deleted {jid}" + (f" (ended {ended} session(s))" if ended else ""))
         return 0
     except AccountError as exc:

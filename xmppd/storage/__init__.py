@@ -189,6 +189,11 @@ class Storage(Protocol):
         """Wait until every write issued so far is committed (or has failed)."""
         ...
 
+    async def delete_user_data(self, host: str, user: str) -> int:
+        """Remove ``user``'s entries of every store of ``host`` (a deleted account's data);
+        returns once committed, with the number removed."""
+        ...
+
 
 async def open_storage(kind: str, *, path: Path | None = None) -> Storage:
     """Create and open a storage backend.

@@ -80,6 +80,18 @@ class MemoryStorage:
         self.check_open()
         return _MemoryArchive(self, self._archive.setdefault((host, store), {}))
 
+    async def delete_user_data(self, host: str, user: str) -> int:
+        """Remove ``user``'s entries of every store of ``host``."""
+        self.check_open()
+        removed = 0
+        for (table_host, _store), entries in self._kv.items():
+            if table_host == host:
+                removed += len(entries.pop(user, ()))
+        for (table_host, _store), items in self._archive.items():
+            if table_host == host:
+                removed += len(items.pop(user, ()))
+        return removed
+
     def check_open(self) -> None:
         """Raise `StorageError` unless the storage is open."""
         if self._state is not _State.OPEN:

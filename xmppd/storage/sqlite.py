@@ -225,6 +225,18 @@ class SqliteStorage:
         self._check_open()
         return _SqliteArchive(self, host, store)
 
+    async def delete_user_data(self, host: str, user: str) -> int:
+        """Remove ``user``'s entries of every store of ``host``, in one transaction."""
+        self._check_open()
+        params = (host, user)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            kv = conn.execute("DELETE FROM kv WHERE host = ? AND user = ?", params).rowcount
+            archive = conn.execute("DELETE FROM archive WHERE host = ? AND user = ?", params)
+            return kv + archive.rowcount
+
+        return await self._write(delete)
+
     # -- plumbing used by the store classes ----------------------------------------------------
 
     async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:

@@ -12,7 +12,10 @@ States:
                XEP-0198 <resume/>) is accepted (RFC 6120 §7)
   ESTABLISHED  stanzas are delivered
   CLOSED       nothing more is accepted
-Any stanza before ESTABLISHED gets the stream error <not-authorized/> and nothing is routed.
+Any stanza before ESTABLISHED gets the stream error <not-authorized/> and nothing is routed,
+with one exception: when the connection wires up `pre_auth_features` (a host's offers before
+authentication, such as XEP-0077 in-band registration), an IQ get/set received over TLS while
+NEGOTIATING leaves as a `PreAuthIq` action for the connection to answer.
 """
 
 from __future__ import annotations
@@ -71,6 +74,13 @@ _FEATURES_CACHE: dict[tuple[object, ...], bytes] = {}
 _NO_BINDINGS = ChannelBindings({}, plus_offered=False)
 
 
+class PreAuthIq(Nonza):
+    """An IQ get/set before authentication (over TLS), for the host's pre-auth handlers.
+
+    A `Nonza` subclass so that it fits the `Action` union; it belongs in `actions.py`.
+    """
+
+
 class State(Enum):
     """Negotiation states (see module docstring)."""
 
@@ -108,6 +118,7 @@ class C2SStream:
         "domains",
         "header_sent",
         "post_auth_features",
+        "pre_auth_features",
         "require_encryption",
         "secure",
         "state",
@@ -125,6 +136,7 @@ class C2SStream:
         require_encryption: bool = True,
         allow_plain: bool = True,
         post_auth_features: Callable[[], list[etree._Element]] = list,
+        pre_auth_features: Callable[[str], list[etree._Element]] | None = None,
     ) -> None:
         self.domains = domains
         self.tls_available = tls_available
@@ -132,6 +144,8 @@ class C2SStream:
         self.require_encryption = require_encryption
         self.allow_plain = allow_plain
         self.post_auth_features = post_auth_features
+        # None: nothing is offered before authentication and no pre-auth IQ is accepted.
+        self.pre_auth_features = pre_auth_features
         self.state = State.HEADER
         self.header_sent = False  # our header for the current stream (reset on restarts)
         self.domain: str | None = None
@@ -232,19 +246,27 @@ class C2SStream:
                 for m in mechanisms_for(self.secure, self.bindings)
                 if m != "PLAIN" or self.allow_plain
             ]
+        extra = self._pre_auth_extra()
         key = (
             self.secure,
             self.tls_available,
             self.require_encryption,
             tuple(self._offered),
             tuple(self.bindings.data),
+            tuple(serialize(e) for e in extra),
         )
         cached = _FEATURES_CACHE.get(key)
         if cached is None:
-            cached = _FEATURES_CACHE[key] = serialize(self._features())
+            cached = _FEATURES_CACHE[key] = serialize(self._features(extra))
         return cached
 
-    def _features(self) -> etree._Element:
+    def _pre_auth_extra(self) -> list[etree._Element]:
+        """Features a host offers before authentication: over TLS only."""
+        if self.pre_auth_features is None or not self.secure or self.domain is None:
+            return []
+        return self.pre_auth_features(self.domain)
+
+    def _features(self, extra: list[etree._Element] | None = None) -> etree._Element:
         features = etree.Element(f"{{{ns.NS_STREAMS}}}features", nsmap={"stream": ns.NS_STREAMS})
         if self.authenticated:
             features.append(_el("bind", ns.NS_BIND))
@@ -270,6 +292,7 @@ class C2SStream:
             for cb_type in self.bindings.data:
                 _sub(cb, "channel-binding").set("type", cb_type)
             features.append(cb)
+        features.extend(extra or ())
         return features
 
     # --- top-level elements -------------------------------------------------------------
@@ -288,6 +311,16 @@ class C2SStream:
         if tag in STANZA_TAGS:
             if state is State.BIND and tag == IQ and _child_tag(element) == BIND:
                 return self._bind(element)
+            if (
+                state is State.NEGOTIATING
+                and tag == IQ
+                and self.secure
+                and self.pre_auth_features is not None
+                and element.get("type") in ("get", "set")
+                and _child_tag(element) is not None
+            ):
+                # e.g. XEP-0077 registration: answered by the host, never routed.
+                return [PreAuthIq(element)]
             # Stanzas before authentication and binding are never routed.
             return self._close("not-authorized", "authenticate and bind a resource first")
         if state is State.BIND:

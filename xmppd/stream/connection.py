@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from lxml import etree
 
+from xmppd import preauth
 from xmppd.errors import StreamError
 from xmppd.jid import JIDError, prep_localpart
 from xmppd.sasl import ChannelBindings, StoredCredentials
 from xmppd.session import Session
 from xmppd.stanza import STANZA_TAGS
 from xmppd.stream import actions as act
-from xmppd.stream.c2s import C2SStream, State, is_session_iq
+from xmppd.stream.c2s import C2SStream, PreAuthIq, State, is_session_iq
 from xmppd.stream.parser import ElementReceived, ParseEvent, ParserLimits, StreamParser
 from xmppd.stream.serializer import STREAM_CLOSE, serialize
 
@@ -183,6 +184,7 @@ class C2SConnection(asyncio.Protocol):
             require_encryption=self.config.require_encryption,
             allow_plain=self.config.auth.allow_plain,
             post_auth_features=self._post_auth_features,
+            pre_auth_features=self._pre_auth_features,
         )
         self.session: Session | None = None
         self._ssl: ssl.SSLObject | None = None
@@ -253,6 +255,7 @@ class C2SConnection(asyncio.Protocol):
             self._slow_timer = None
         self.transport = None  # the transport refers to us: break the cycle
         self.stream.post_auth_features = list  # a bound method of ours: break the cycle
+        self.stream.pre_auth_features = None
         session = self.session
         if session is not None and session.conn is self:
             session.conn = None
@@ -438,6 +441,8 @@ class C2SConnection(asyncio.Protocol):
                     await self.services.router.from_session(session, action.element)
                     if session.on_handled is not None:
                         session.on_handled()
+            elif isinstance(action, PreAuthIq):
+                await self._pre_auth_iq(action.element)
             elif isinstance(action, act.Nonza):
                 await self._nonza(action.element)
             elif isinstance(action, act.StartTls):
@@ -512,6 +517,19 @@ class C2SConnection(asyncio.Protocol):
             self.close(StreamError("unsupported-stanza-type"))
             return
         await handler(session, element)
+
+    def _pre_auth_features(self, domain: str) -> list[etree._Element]:
+        host = self.services.hosts.get(domain)
+        return preauth.registry(host).stream_features() if host is not None else []
+
+    async def _pre_auth_iq(self, element: etree._Element) -> None:
+        """An IQ before authentication (XEP-0077): the host's pre-auth registry answers."""
+        host = self.services.hosts.get(self.stream.domain or "")
+        if host is None:  # pragma: no cover - the stream header named a served domain
+            self.close(StreamError("host-unknown"))
+            return
+        reply = await preauth.registry(host).dispatch(element, host.domain, self.peer)
+        self._write(serialize(reply))
 
     def _post_auth_features(self) -> list[etree._Element]:
         session = self.session

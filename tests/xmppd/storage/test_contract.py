@@ -555,3 +555,23 @@ async def test_use_before_open_raises(kind: str, tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         storage.keyvalue("example.org", "roster")
     await storage.close()
+
+
+async def test_delete_user_data_empties_every_store_of_that_user_on_that_host(
+    storage: Storage,
+) -> None:
+    """A deleted account's data goes from every store of its host; others keep theirs."""
+    for store in ("roster", "vcard"):
+        await storage.keyvalue("example.org", store).set("alice", "k", store)
+        await storage.keyvalue("example.org", store).set("bob", "k", store)
+    await storage.keyvalue("other.example", "roster").set("alice", "k", "kept")
+    await _fill(storage.archive("example.org", "offline"), "alice", 2)
+    await _fill(storage.archive("example.org", "offline"), "bob", 1)
+    assert await storage.delete_user_data("example.org", "alice") == 4
+    assert await storage.keyvalue("example.org", "roster").keys("alice") == []
+    assert await storage.keyvalue("example.org", "vcard").keys("alice") == []
+    assert await storage.archive("example.org", "offline").count("alice") == 0
+    assert await storage.keyvalue("example.org", "vcard").get("bob", "k") == "vcard"
+    assert await storage.archive("example.org", "offline").count("bob") == 1
+    assert await storage.keyvalue("other.example", "roster").get("alice", "k") == "kept"
+    assert await storage.delete_user_data("example.org", "alice") == 0

@@ -30,7 +30,7 @@ from xmppd.stream.actions import (
     Send,
     StartTls,
 )
-from xmppd.stream.c2s import MAX_SASL_ATTEMPTS, C2SStream, State
+from xmppd.stream.c2s import MAX_SASL_ATTEMPTS, C2SStream, PreAuthIq, State
 from xmppd.stream.parser import StreamParser
 
 DOMAIN = "example.com"
@@ -942,3 +942,87 @@ def test_early_header_for_stream_error_marks_header_sent():
     assert stream.header_sent
     assert data.startswith(b"<?xml version='1.0'?><stream:stream ")
     assert f"from='{min(stream.domains)}'".encode() in data
+
+
+# --- pre-authentication IQs (XEP-0077 in-band registration) ---------------------------------
+
+NS_IQ_REGISTER = "http://jabber.org/features/iq-register"
+REGISTER_GET = "<iq type='get' id='reg1'><query xmlns='jabber:iq:register'/></iq>"
+
+
+def register_feature(domain: str) -> list[etree._Element]:
+    assert domain == DOMAIN
+    return [etree.Element(f"{{{NS_IQ_REGISTER}}}register", nsmap={None: NS_IQ_REGISTER})]
+
+
+def test_pre_auth_features_are_offered_over_tls_after_mechanisms():
+    t = secured(pre_auth_features=register_feature)
+
+    offered = features(t.open())
+
+    assert [etree.QName(c).localname for c in offered][-1] == "register"
+    assert offered.find(f"{{{NS_IQ_REGISTER}}}register") is not None
+    assert mechanisms(offered)
+
+
+def test_pre_auth_features_are_not_offered_in_plaintext():
+    t = Transcript(make_stream(pre_auth_features=register_feature, require_encryption=False))
+
+    offered = features(t.open())
+
+    assert offered.find(f"{{{NS_IQ_REGISTER}}}register") is None
+    assert mechanisms(offered)  # SASL is offered: only registration waits for TLS
+
+
+def test_pre_auth_features_are_not_offered_after_authentication():
+    t = negotiating(pre_auth_features=register_feature)
+    t.login()
+
+    offered = features(t.open())
+
+    assert offered.find(f"{{{NS_IQ_REGISTER}}}register") is None
+
+
+def test_pre_auth_iq_over_tls_leaves_as_pre_auth_action():
+    t = negotiating(pre_auth_features=register_feature)
+
+    (action,) = t.send(REGISTER_GET)
+
+    assert isinstance(action, PreAuthIq)
+    assert action.element.get("id") == "reg1"
+    assert t.stream.state is State.NEGOTIATING  # SASL may follow
+
+
+def test_pre_auth_iq_in_plaintext_closes_not_authorized():
+    t = Transcript(make_stream(pre_auth_features=register_feature, require_encryption=False))
+    t.open()
+
+    assert stream_error(t.send(REGISTER_GET)) == "not-authorized"
+
+
+def test_pre_auth_iq_without_pre_auth_support_closes_not_authorized():
+    t = negotiating()
+
+    assert stream_error(t.send(REGISTER_GET)) == "not-authorized"
+
+
+@pytest.mark.parametrize(
+    "stanza",
+    [
+        "<iq type='result' id='r1'/>",
+        "<iq type='get' id='r2'/>",
+        "<message><body>hi</body></message>",
+        "<presence/>",
+    ],
+)
+def test_other_stanzas_before_authentication_still_close_with_pre_auth(stanza: str):
+    t = negotiating(pre_auth_features=register_feature)
+
+    assert stream_error(t.send(stanza)) == "not-authorized"
+
+
+def test_pre_auth_iq_during_sasl_exchange_closes():
+    t = negotiating(pre_auth_features=register_feature)
+    t.send(auth("SCRAM-SHA-256", ScramClient().first()))
+
+    assert stream_error(t.send(REGISTER_GET)) == "not-authorized"
