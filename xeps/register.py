@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from xmppd import preauth
 from xmppd.accounts import AccountError, AccountStore
 from xmppd.errors import StanzaError, StreamError
 from xmppd.jid import JID, JIDError, prep_localpart
-from xmppd.module_api import IqRequest, Module, Target, iq_handler
+from xmppd.module_api import IqRequest, Module, PreAuthRequest, Target, iq_handler
 
 NS_REGISTER = "jabber:iq:register"
 NS_FEATURE = "http://jabber.org/features/iq-register"
@@ -99,18 +98,10 @@ class Register(Module):
         self._limit = RateLimit(self.options.registrations_per_ip, self.options.registration_period)
         self._feature = etree.Element(f"{{{NS_FEATURE}}}register", nsmap={None: NS_FEATURE})
         if self.options.allow_registration:
-            registry = preauth.registry(self.ctx.host)
-            registry.features.append(self._offer)
-            registry.handlers[("get", QUERY)] = self.form
-            registry.handlers[("set", QUERY)] = self.create
-
-    async def unload(self) -> None:
-        """Withdraw the pre-authentication offer."""
-        registry = preauth.registry(self.ctx.host)
-        if self._offer in registry.features:
-            registry.features.remove(self._offer)
-        for key in (("get", QUERY), ("set", QUERY)):
-            registry.handlers.pop(key, None)
+            # Withdrawn by the loader on unload.
+            self.ctx.add_pre_auth_feature(self._offer)
+            self.ctx.add_pre_auth_iq_handler("get", QUERY, self.form)
+            self.ctx.add_pre_auth_iq_handler("set", QUERY, self.create)
 
     def _offer(self) -> etree._Element:
         return self._feature
@@ -121,7 +112,7 @@ class Register(Module):
         return self.ctx.services.accounts
 
     # --- before authentication -------------------------------------------------------------
-    async def form(self, request: preauth.PreAuthRequest) -> etree._Element:
+    async def form(self, request: PreAuthRequest) -> etree._Element:
         """§3.1: the fields needed to register."""
         query = _query()
         etree.SubElement(query, f"{{{NS_REGISTER}}}instructions").text = self.options.instructions
@@ -129,7 +120,7 @@ class Register(Module):
         etree.SubElement(query, f"{{{NS_REGISTER}}}password")
         return query
 
-    async def create(self, request: preauth.PreAuthRequest) -> None:
+    async def create(self, request: PreAuthRequest) -> None:
         """§3.1: create the account (throttled per IP address)."""
         payload = request.payload
         if payload.find(f"{{{NS_REGISTER}}}remove") is not None:

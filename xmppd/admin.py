@@ -16,6 +16,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Command = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+MAX_REQUEST = 1 << 20  # bytes in one request line (an announcement's text fits with room)
+# `announce`: characters of the text and of the subject (JSON escapes take up to 12 bytes each).
+ANNOUNCE_MAX_BODY = 10_000
+ANNOUNCE_MAX_SUBJECT = 1_000
 
 
 class AdminServer:
@@ -32,7 +36,9 @@ class AdminServer:
             self.path.unlink()
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self.path), limit=MAX_REQUEST
+            )
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -47,7 +53,15 @@ class AdminServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while line := await reader.readline():
+            while True:
+                try:
+                    line = await _read_line(reader)
+                except RequestTooLargeError:
+                    writer.write(b'{"ok": false, "error": "request too large"}\n')
+                    await writer.drain()
+                    continue
+                if line is None:
+                    return
                 try:
                     request = json.loads(line)
                     command = self.commands.get(str(request.get("cmd")))
@@ -64,6 +78,34 @@ class AdminServer:
                 await writer.drain()
         finally:
             writer.close()
+
+
+class RequestTooLargeError(Exception):
+    """A request line over MAX_REQUEST (skipped whole)."""
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
+    """The next request line (None at end of input).
+
+    Raises:
+        RequestTooLargeError: the line was over the reader's limit; it was skipped whole, so the
+            next call reads the next request from its start.
+    """
+    too_large = False
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # end of input
+            if too_large or not exc.partial:
+                return None
+            return exc.partial
+        except asyncio.LimitOverrunError as exc:  # what is buffered stays: drop it and go on
+            too_large = True
+            await reader.readexactly(exc.consumed)
+            continue
+        if too_large:
+            raise RequestTooLargeError
+        return line
 
 
 async def call(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any] | None:

@@ -1,8 +1,11 @@
-"""Command line: xmppd [--config FILE] serve|adduser|passwd|deluser|users|check|cert|modules.
+"""Command line: xmppd [--config FILE] serve|adduser|passwd|deluser|users|check|status|
+announce|cert|modules.
 
 Passwords come from the terminal prompt, or from the first line of stdin when stdin is not a
 terminal; never from argv. Every verb is safe while `serve` runs on the same data (SQLite WAL
 with a busy timeout); `deluser` also ends the user's live sessions through the admin socket.
+`status` and `announce [--host HOST] [--subject S] [TEXT]` (TEXT from stdin when omitted: a
+headline message from the host to every available session) need the running server.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser("users", help="list accounts").add_argument("domain", nargs="?")
     verbs.add_parser("check", help="validate config, certificates, ports and storage")
     verbs.add_parser("status", help="figures of the running server")
+    announce = verbs.add_parser(
+        "announce", help="send a message to every online user (of a host) of the running server"
+    )
+    announce.add_argument("--host", help="only this host's users (default: every host)")
+    announce.add_argument("--subject", help="subject of the message")
+    announce.add_argument("text", nargs="?", help="the message (default: read from stdin)")
     verbs.add_parser("modules", help="list modules and their declared contracts")
     cert = verbs.add_parser("cert", help="certificates").add_subparsers(
         dest="cert_verb", required=True
@@ -80,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cert(config, args)
         if verb == "status":
             return asyncio.run(_status(config))
+        if verb == "announce":
+            return asyncio.run(_announce(config, args))
         return asyncio.run(_accounts_verb(config, args))
     except KeyboardInterrupt:
         return 130
@@ -255,6 +266,42 @@ async def _status(config: Config) -> int:
     for key, value in reply.items():
         if key != "ok":
             print(f"{key}: {value}")
+    return 0
+
+
+async def _announce(config: Config, args: argparse.Namespace) -> int:
+    text = args.text
+    if text is None:
+        if sys.stdin.isatty():
+            print("Announcement (end with Ctrl-D):", file=sys.stderr)
+        text = sys.stdin.read()
+    text = text.rstrip("\r\n")
+    problem = None
+    if not text.strip():
+        problem = "the announcement text is empty"
+    elif len(text) > admin.ANNOUNCE_MAX_BODY:
+        problem = f"the text is longer than {admin.ANNOUNCE_MAX_BODY} characters"
+    if problem:
+        print(f"xmppd: {problem}", file=sys.stderr)
+        return 1
+    request: dict[str, str] = {"cmd": "announce", "body": text}
+    if args.host is not None:
+        request["host"] = args.host
+    if args.subject is not None:
+        request["subject"] = args.subject
+    try:
+        reply = await admin.call(config.admin_socket, request)
+    except (OSError, TimeoutError, ValueError) as exc:
+        print(f"xmppd: cannot talk to the running server: {exc}", file=sys.stderr)
+        return 1
+    if reply is None:
+        print("xmppd: no server is running on this data_dir", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"xmppd: {reply.get('error', 'the server refused')}", file=sys.stderr)
+        return 1
+    hosts = ", ".join(str(h) for h in reply.get("hosts", []))
+    print(f"announced to {reply.get('sent', 0)} session(s) on {hosts}")
     return 0
 
 

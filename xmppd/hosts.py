@@ -1,6 +1,7 @@
 """A served domain: a local host (accounts live here) or a service subdomain of one.
 
-Each host has its own event bus, IQ table, disco registry, stream features and nonza handlers;
+Each host has its own event bus, IQ table, disco registry, stream features, nonza handlers and
+pre-authentication registry (features and IQ handlers offered before login, e.g. XEP-0077);
 modules register on exactly one host through their context.
 """
 
@@ -15,6 +16,7 @@ from xmppd.events import EventBus
 from xmppd.features import FeatureRegistry
 from xmppd.iq import IqDispatcher
 from xmppd.jid import JID
+from xmppd.preauth import PreAuthRegistry
 
 if TYPE_CHECKING:
     from xmppd.session import SendFilter, Session
@@ -38,6 +40,7 @@ class Host:
         self.features = FeatureRegistry()
         self.stream_features: list[StreamFeatureProvider] = []
         self.nonza_handlers: dict[str, NonzaHandler] = {}
+        self.pre_auth = PreAuthRegistry()
         self.send_filters: list[SendFilter] = []
         self.modules: dict[str, object] = {}
 

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from lxml import etree
 
 from xmppd.errors import StanzaError
-from xmppd.events import ChainKey, NotifyKey, Priority
+from xmppd.events import ChainHandler, ChainKey, NotifyKey, Priority
 from xmppd.features import DiscoItem, Identity, Scope
 from xmppd.iq import IqHandler, IqRequest, Target
 from xmppd.jid import JID
+from xmppd.preauth import PreAuthFeature, PreAuthHandler, PreAuthRequest
 from xmppd.stanza import new_id
 from xmppd.storage import ArchiveStore, KeyValueStore, StoreKind
 
@@ -36,6 +37,7 @@ __all__ = [
     "IqRequest",
     "Module",
     "ModuleContext",
+    "PreAuthRequest",
     "Priority",
     "Scope",
     "StanzaError",
@@ -184,7 +186,7 @@ class ModuleContext:
     def hook(
         self,
         key: ChainKey[T],
-        handler: Callable[[T], Awaitable[bool]],
+        handler: ChainHandler[T],
         priority: int = Priority.NORMAL,
     ) -> None:
         """Register a chain-event handler on this host."""
@@ -255,6 +257,16 @@ class ModuleContext:
         """Offer a stream feature after authentication (e.g. stream management)."""
         self.host.stream_features.append(provider)
         self._undo.append(lambda: self.host.stream_features.remove(provider))
+
+    def add_pre_auth_feature(self, provider: PreAuthFeature) -> None:
+        """Offer a stream feature before authentication (over TLS only, e.g. XEP-0077)."""
+        self.host.pre_auth.add_feature(provider)
+        self._undo.append(lambda: self.host.pre_auth.remove_feature(provider))
+
+    def add_pre_auth_iq_handler(self, type_: str, tag: str, handler: PreAuthHandler) -> None:
+        """Answer IQ get/set with payload `tag` (Clark notation) before authentication."""
+        self.host.pre_auth.add_handler(type_, tag, handler)
+        self._undo.append(lambda: self.host.pre_auth.remove_handler(type_, tag, handler))
 
     def add_send_filter(self, send_filter: SendFilter) -> None:
         """See (and possibly consume) every stanza sent to a session of this host."""

@@ -3,26 +3,21 @@
 The c2s state machine knows nothing of registration: when a connection wires it up, it asks for
 the pre-authentication features of the stream's domain (offered over TLS only) and hands IQ
 get/set received before SASL to `PreAuthRegistry.dispatch`, which returns the reply to write.
-Modules register through `registry(host)` and must withdraw on unload.
-
-The registry is kept per Host object here, until `Host` grows a `pre_auth` attribute.
+Each `Host` owns one `PreAuthRegistry` (`host.pre_auth`); modules register through
+`ModuleContext.add_pre_auth_feature` / `add_pre_auth_iq_handler`, which undo it on unload.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from lxml import etree
 
 from xmppd.errors import StanzaError
 from xmppd.ns import NS_CLIENT
-
-if TYPE_CHECKING:
-    from xmppd.hosts import Host
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +46,28 @@ class PreAuthRegistry:
     def __init__(self) -> None:
         self.features: list[PreAuthFeature] = []
         self.handlers: dict[tuple[str, str], PreAuthHandler] = {}  # (type, payload tag)
+
+    def add_feature(self, provider: PreAuthFeature) -> None:
+        """Offer the feature `provider` returns before authentication."""
+        self.features.append(provider)
+
+    def remove_feature(self, provider: PreAuthFeature) -> None:
+        """Withdraw a feature provider (no error if it is not registered)."""
+        if provider in self.features:
+            self.features.remove(provider)
+
+    def add_handler(self, type_: str, tag: str, handler: PreAuthHandler) -> None:
+        """Answer pre-authentication IQs of `type_` whose payload is `tag` (Clark notation)."""
+        if type_ not in ("get", "set"):
+            raise ValueError(f"pre-auth IQ handlers are for get/set, not {type_!r}")
+        if (type_, tag) in self.handlers:
+            raise ValueError(f"pre-auth IQ {type_} {tag} already handled")
+        self.handlers[(type_, tag)] = handler
+
+    def remove_handler(self, type_: str, tag: str, handler: PreAuthHandler) -> None:
+        """Withdraw `handler` (only if it is still the one registered for `type_`, `tag`)."""
+        if self.handlers.get((type_, tag)) == handler:
+            del self.handlers[(type_, tag)]
 
     def stream_features(self) -> list[etree._Element]:
         """The features to add to <stream:features/> before authentication."""
@@ -93,14 +110,3 @@ def _reply(
     if child is not None:
         reply.append(child)
     return reply
-
-
-_REGISTRIES: weakref.WeakKeyDictionary[Host, PreAuthRegistry] = weakref.WeakKeyDictionary()
-
-
-def registry(host: Host) -> PreAuthRegistry:
-    """The pre-authentication registry of `host` (created on first use)."""
-    found = _REGISTRIES.get(host)
-    if found is None:
-        found = _REGISTRIES[host] = PreAuthRegistry()
-    return found

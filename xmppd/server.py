@@ -23,17 +23,18 @@ from lxml import etree
 from xmppd import __version__, certs
 from xmppd import events as ev
 from xmppd.accounts import AccountStore
-from xmppd.admin import AdminServer
+from xmppd.admin import ANNOUNCE_MAX_BODY, ANNOUNCE_MAX_SUBJECT, AdminServer
 from xmppd.config import Config
 from xmppd.delivery import Delivery
 from xmppd.errors import StreamError
 from xmppd.hosts import Host
 from xmppd.jid import JID, JIDError
 from xmppd.module_manager import ModuleManager, shipped_modules
+from xmppd.ns import NS_CLIENT
 from xmppd.router import Router
 from xmppd.session import Session
 from xmppd.session_manager import SessionManager
-from xmppd.stanza import make
+from xmppd.stanza import make, new_id
 from xmppd.storage import ArchiveStore, KeyValueStore, Storage, open_storage
 from xmppd.stream.connection import C2SConnection
 from xmppd.stream.parser import take_discarded
@@ -130,6 +131,7 @@ class Server:
                 "end_sessions": self._admin_end_sessions,
                 "account_changed": self._admin_account_changed,
                 "status": self._admin_status,
+                "announce": self._admin_announce,
             },
         )
         await self._admin.start()
@@ -332,6 +334,64 @@ class Server:
             return {"ok": False, "error": str(exc)}
         self.accounts.forget(jid.domain, jid.local or "")
         return {"ok": True}
+
+    async def _admin_announce(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send <message type='headline' from='HOST'> with the text to every available session
+        of HOST (of every local host when none is named).
+
+        Headline, as in Prosody's and ejabberd's mod_announce: RFC 6121 §5.2.2, a notification
+        to which no reply is expected. Each copy goes to a session's full JID, so one whose
+        session ends meanwhile is dropped silently (§8.5.3.2.1): never stored offline, never
+        bounced.
+        """
+        body, subject, name = request.get("body"), request.get("subject"), request.get("host")
+        if not isinstance(body, str) or not body.strip():
+            return {"ok": False, "error": "the announcement text is missing or empty"}
+        if subject is not None and not isinstance(subject, str):
+            return {"ok": False, "error": "the subject must be text"}
+        subject = subject.strip() if subject else None
+        for label, text, limit in (
+            ("text", body, ANNOUNCE_MAX_BODY),
+            ("subject", subject or "", ANNOUNCE_MAX_SUBJECT),
+        ):
+            if len(text) > limit:
+                return {"ok": False, "error": f"the {label} is longer than {limit} characters"}
+            if not self._xml_chars_ok(text):
+                return {"ok": False, "error": f"the {label} has characters XML cannot carry"}
+        if name is None:
+            domains = set(self.local_domains)
+        else:
+            try:
+                host = JID.parse(str(name))
+            except JIDError:
+                host = None
+            if host is None or host.local or host.resource or host.domain not in self.local_domains:
+                return {"ok": False, "error": f"{name} is not a host of this server"}
+            domains = {host.domain}
+        announcement_id = new_id()
+        sent = 0
+        for session in self.sessions.all_sessions():  # a snapshot: routing may change them
+            domain = session.host.domain
+            if not session.available or domain not in domains:
+                continue
+            message = make(
+                "message", type_="headline", from_=domain, to=session.full_jid, id_=announcement_id
+            )
+            if subject:
+                etree.SubElement(message, f"{{{NS_CLIENT}}}subject").text = subject
+            etree.SubElement(message, f"{{{NS_CLIENT}}}body").text = body
+            await self.router.route(message)
+            sent += 1
+        logger.info("announcement sent to %d session(s) on %s", sent, ", ".join(sorted(domains)))
+        return {"ok": True, "sent": sent, "hosts": sorted(domains)}
+
+    @staticmethod
+    def _xml_chars_ok(text: str) -> bool:
+        """Whether every character of `text` is allowed in XML 1.0 (§2.2 Char)."""
+        return not any(
+            (c < " " and c not in "\t\n\r") or "\ud800" <= c <= "\udfff" or c in "\ufffe\uffff"
+            for c in text
+        )
 
     async def _admin_status(self, request: dict[str, Any]) -> dict[str, Any]:
         buffers = [conn.buffered() for conn in self.connections]

@@ -1,5 +1,5 @@
-"""XEP-0077 In-Band Registration (xeps/register.py; pre-authentication part through
-xmppd/preauth.py).
+"""XEP-0077 In-Band Registration (xeps/register.py; pre-authentication part through the
+host's pre-auth registry, xmppd/preauth.py).
 
 Tier 2: a real Server on memory storage, fake sessions; pre-authentication requests are handed
 to the host's pre-auth registry as the connection does.
@@ -14,10 +14,11 @@ import pytest
 from lxml import etree
 
 from tests.helpers.harness import PASSWORD, ModuleHarness, error_condition, parse_element
-from xeps.register import RateLimit
-from xmppd import preauth
+from xeps.register import RateLimit, Register
 from xmppd.errors import StreamError
 from xmppd.jid import JID
+from xmppd.module_manager import ModuleManager
+from xmppd.preauth import PreAuthRequest
 from xmppd.sasl import verify_password
 
 NS = "jabber:iq:register"
@@ -36,7 +37,7 @@ def creds(user: str, password: str = "s3cret password") -> str:
 
 
 async def pre_auth(h: ModuleHarness, xml: str, peer: str = "192.0.2.1") -> etree._Element:
-    return await preauth.registry(h.host()).dispatch(parse_element(xml), "localhost", peer)
+    return await h.host().pre_auth.dispatch(parse_element(xml), "localhost", peer)
 
 
 async def can_login(h: ModuleHarness, user: str, password: str) -> bool:
@@ -68,7 +69,7 @@ async def open_h(tmp_path: Path) -> AsyncIterator[ModuleHarness]:
 
 
 async def test_nothing_is_offered_before_authentication_by_default(h: ModuleHarness) -> None:
-    assert preauth.registry(h.host()).stream_features() == []
+    assert h.host().pre_auth.stream_features() == []
     reply = await pre_auth(h, reg("set", creds("mallory")))
     assert error_condition(reply) == "service-unavailable"
     assert not await h.server.accounts.exists("localhost", "mallory")
@@ -78,7 +79,7 @@ async def test_nothing_is_offered_before_authentication_by_default(h: ModuleHarn
 
 
 async def test_feature_and_form_are_offered_when_enabled(open_h: ModuleHarness) -> None:
-    (feature,) = preauth.registry(open_h.host()).stream_features()
+    (feature,) = open_h.host().pre_auth.stream_features()
     assert feature.tag == FEATURE
     reply = await pre_auth(open_h, reg("get"))
     assert reply.get("type") == "result"
@@ -148,6 +149,60 @@ async def test_removal_before_authentication_is_not_authorized(open_h: ModuleHar
     reply = await pre_auth(open_h, reg("set", "<remove/>"))
     assert error_condition(reply) == "not-authorized"
     assert await open_h.server.accounts.exists("localhost", "alice")
+
+
+async def test_unload_withdraws_the_pre_auth_feature_and_handlers(tmp_path: Path) -> None:
+    """Registrations made through the context are undone by the loader (no manual unload)."""
+    async with ModuleHarness.started(tmp_path, modules_enabled=["disco"]) as h:
+        await _load_unload_register(h)
+
+
+async def _load_unload_register(h: ModuleHarness) -> None:
+    host = h.host()
+    assert host.pre_auth.features == []
+    assert host.pre_auth.handlers == {}
+
+    async def other(request: PreAuthRequest) -> None:
+        """Another module's pre-auth handler: must survive the register module's unload."""
+
+    other_tag = "{urn:xmppd:test}other"
+    host.pre_auth.add_handler("set", other_tag, other)
+    manager = ModuleManager(h.server)
+    options = Register.Options(allow_registration=True)
+    await manager.load_one(host, Register, "register", options)
+    assert [f.tag for f in host.pre_auth.stream_features()] == [FEATURE]
+    assert set(host.pre_auth.handlers) == {("get", QUERY), ("set", QUERY), ("set", other_tag)}
+    assert (await pre_auth(h, reg("get"))).get("type") == "result"
+
+    await manager.unload_all()
+
+    assert host.pre_auth.features == []
+    assert host.pre_auth.stream_features() == []
+    assert set(host.pre_auth.handlers) == {("set", other_tag)}
+    reply = await pre_auth(h, reg("set", creds("mallory")))
+    assert error_condition(reply) == "service-unavailable"
+    assert not await h.server.accounts.exists("localhost", "mallory")
+    # Loading it again offers registration again.
+    await manager.load_one(host, Register, "register", options)
+    assert (await pre_auth(h, reg("get"))).get("type") == "result"
+    await manager.unload_all()
+
+
+async def test_a_second_handler_for_the_same_pre_auth_iq_is_refused(
+    open_h: ModuleHarness,
+) -> None:
+    registry = open_h.host().pre_auth
+
+    async def hijack(request: PreAuthRequest) -> None:
+        raise AssertionError("must never run")
+
+    with pytest.raises(ValueError, match="already handled"):
+        registry.add_handler("set", QUERY, hijack)
+    with pytest.raises(ValueError, match="get/set"):
+        registry.add_handler("result", QUERY, hijack)
+    # Removing with a handler that is not the registered one leaves the registered one.
+    registry.remove_handler("set", QUERY, hijack)
+    assert error_condition(await pre_auth(open_h, reg("set", creds("Alice")))) == "conflict"
 
 
 def test_rate_limit_window_slides() -> None:

@@ -71,6 +71,14 @@ class Nonza:
 
 
 @dataclass(frozen=True, slots=True)
+class PreAuthIq:
+    """An IQ get/set received over TLS before authentication, for the host's pre-auth registry
+    to answer (e.g. XEP-0077 registration); never routed."""
+
+    element: etree._Element
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """Close the stream, after sending `error` if given."""
 
@@ -84,5 +92,5 @@ Action = (
     | LookupCredentials
     | AuthFailed
     | Authenticated
-    | (BindResource | Deliver | Nonza | Close)
+    | (BindResource | Deliver | Nonza | PreAuthIq | Close)
 )

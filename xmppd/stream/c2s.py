@@ -53,6 +53,7 @@ from xmppd.stream.actions import (
     Deliver,
     LookupCredentials,
     Nonza,
+    PreAuthIq,
     ResetParser,
     Send,
     StartTls,
@@ -72,13 +73,6 @@ MAX_SASL_ATTEMPTS = 5
 # a handful of combinations per server, so the cache stays tiny.
 _FEATURES_CACHE: dict[tuple[object, ...], bytes] = {}
 _NO_BINDINGS = ChannelBindings({}, plus_offered=False)
-
-
-class PreAuthIq(Nonza):
-    """An IQ get/set before authentication (over TLS), for the host's pre-auth handlers.
-
-    A `Nonza` subclass so that it fits the `Action` union; it belongs in `actions.py`.
-    """
 
 
 class State(Enum):

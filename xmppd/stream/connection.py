@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from lxml import etree
 
-from xmppd import preauth
 from xmppd.errors import StreamError
 from xmppd.jid import JIDError, prep_localpart
 from xmppd.sasl import ChannelBindings, StoredCredentials
 from xmppd.session import Session
 from xmppd.stanza import STANZA_TAGS
 from xmppd.stream import actions as act
-from xmppd.stream.c2s import C2SStream, PreAuthIq, State, is_session_iq
+from xmppd.stream.actions import PreAuthIq
+from xmppd.stream.c2s import C2SStream, State, is_session_iq
 from xmppd.stream.parser import ElementReceived, ParseEvent, ParserLimits, StreamParser
 from xmppd.stream.serializer import STREAM_CLOSE, serialize
 
@@ -520,7 +520,7 @@ class C2SConnection(asyncio.Protocol):
 
     def _pre_auth_features(self, domain: str) -> list[etree._Element]:
         host = self.services.hosts.get(domain)
-        return preauth.registry(host).stream_features() if host is not None else []
+        return host.pre_auth.stream_features() if host is not None else []
 
     async def _pre_auth_iq(self, element: etree._Element) -> None:
         """An IQ before authentication (XEP-0077): the host's pre-auth registry answers."""
@@ -528,7 +528,7 @@ class C2SConnection(asyncio.Protocol):
         if host is None:  # pragma: no cover - the stream header named a served domain
             self.close(StreamError("host-unknown"))
             return
-        reply = await preauth.registry(host).dispatch(element, host.domain, self.peer)
+        reply = await host.pre_auth.dispatch(element, host.domain, self.peer)
         self._write(serialize(reply))
 
     def _post_auth_features(self) -> list[etree._Element]:

@@ -26,11 +26,12 @@ from xmppd.stream.actions import (
     Deliver,
     LookupCredentials,
     Nonza,
+    PreAuthIq,
     ResetParser,
     Send,
     StartTls,
 )
-from xmppd.stream.c2s import MAX_SASL_ATTEMPTS, C2SStream, PreAuthIq, State
+from xmppd.stream.c2s import MAX_SASL_ATTEMPTS, C2SStream, State
 from xmppd.stream.parser import StreamParser
 
 DOMAIN = "example.com"
