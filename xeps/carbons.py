@@ -25,7 +25,7 @@ from lxml import etree
 from xmppd.errors import StanzaError
 from xmppd.events import MESSAGE_BARE, MESSAGE_FULL, PRE_MESSAGE, Priority, StanzaEvent
 from xmppd.jid import JID
-from xmppd.lib.hints import NO_COPY, has_body, has_hint
+from xmppd.lib.hints import BODY, NO_COPY_TAG
 from xmppd.module_api import IqRequest, Module, Target, hook, iq_handler
 from xmppd.session import Session
 from xmppd.stanza import make
@@ -43,22 +43,29 @@ CARBONS_PRIORITY = Priority.LOW
 POLICE_PRIORITY = Priority.FIRST + 50
 
 
+_WRAPPERS = (RECEIVED, SENT)
+# Children that make a message ineligible (§6, §9, XEP-0334), checked in one pass.
+_EXCLUDED = frozenset({PRIVATE, NO_COPY_TAG, RECEIVED, SENT})
+_MUC_X = f"{{{NS_MUC_USER}}}x"
+
+
 def is_carbon(element: etree._Element) -> bool:
     """Whether `element` has a carbons <received/> or <sent/> wrapper child."""
-    return element.find(RECEIVED) is not None or element.find(SENT) is not None
+    return any(child.tag in _WRAPPERS for child in element)
 
 
 def eligible(element: etree._Element, *, inbound: bool) -> bool:
     """§6 eligibility (the XEP's suggested rules), plus §9 <private/> and XEP-0334 <no-copy/>."""
     type_ = element.get("type") or "normal"
-    if type_ == "chat":
-        pass
-    elif type_ != "normal" or not has_body(element):
+    if type_ not in ("chat", "normal"):
         return False
-    if element.find(PRIVATE) is not None or has_hint(element, NO_COPY) or is_carbon(element):
+    tags = {child.tag for child in element}  # one pass: messages have a few children
+    if type_ == "normal" and BODY not in tags:
+        return False
+    if not _EXCLUDED.isdisjoint(tags):
         return False
     # §6: not if sent by a MUC room, including MUC private messages (they carry muc#user).
-    return not (inbound and element.find(f"{{{NS_MUC_USER}}}x") is not None)
+    return not (inbound and _MUC_X in tags)
 
 
 def wrap(kind: str, original: etree._Element, user: JID, to: JID) -> etree._Element:
@@ -98,6 +105,10 @@ class Carbons(Module):
             raise StanzaError("not-allowed", "carbons are enabled by the account's own clients")
         return session
 
+    def _any_enabled(self, user: JID) -> bool:
+        """Whether any resource of `user` enabled carbons (most messages stop here)."""
+        return any(self.enabled(s) for s in self.ctx.sessions.sessions(user))
+
     @staticmethod
     def enabled(session: Session) -> bool:
         """Whether `session` has enabled carbons."""
@@ -112,23 +123,26 @@ class Carbons(Module):
 
     # --- sent ----------------------------------------------------------------------------
     @hook(PRE_MESSAGE, priority=POLICE_PRIORITY)
-    async def refuse_forged(self, event: StanzaEvent) -> bool:
+    def refuse_forged(self, event: StanzaEvent) -> bool:
         """§11: a client never sends a carbon copy; only this server makes them."""
         if is_carbon(event.stanza.element):
             raise StanzaError("not-acceptable", "carbon copies are made by the server")
         return False
 
     @hook(PRE_MESSAGE, priority=CARBONS_PRIORITY)
-    async def sent(self, event: StanzaEvent) -> bool:
+    def sent(self, event: StanzaEvent) -> bool:
         """§8: copy what a resource sends to the user's other carbons-enabled resources."""
         session = event.origin
-        element = event.stanza.element
-        if session is None or session.jid is None or not eligible(element, inbound=False):
+        if session is None or session.jid is None:
             return False
         user = session.jid.bare
         if event.to.bare == user:
             return False  # to the user's own account: the received side copies it
-        for other in self._copies_to(user, {session}):
+        others = self._copies_to(user, {session})
+        element = event.stanza.element
+        if not others or not eligible(element, inbound=False):
+            return False
+        for other in others:
             assert other.jid is not None
             other.send(wrap("sent", element, user, other.jid))
         return False
@@ -136,23 +150,23 @@ class Carbons(Module):
     # --- received ------------------------------------------------------------------------
     @hook(MESSAGE_BARE, priority=POLICE_PRIORITY)
     @hook(MESSAGE_FULL, priority=POLICE_PRIORITY)
-    async def strip_forged(self, event: StanzaEvent) -> bool:
+    def strip_forged(self, event: StanzaEvent) -> bool:
         """§11: a carbons wrapper that came through routing was not made here: remove it."""
         element = event.stanza.element
-        for wrapper in element.findall(RECEIVED) + element.findall(SENT):
+        for wrapper in [child for child in element if child.tag in _WRAPPERS]:
             element.remove(wrapper)
         return False
 
     @hook(MESSAGE_BARE, priority=CARBONS_PRIORITY)
     @hook(MESSAGE_FULL, priority=CARBONS_PRIORITY)
-    async def received(self, event: StanzaEvent) -> bool:
+    def received(self, event: StanzaEvent) -> bool:
         """§7: forward to the carbons-enabled resources that RFC 6121 delivery skips."""
         element = event.stanza.element
         to = event.to
         if to.local is None:
             return False
-        private = element.find(PRIVATE)
-        if eligible(element, inbound=True):
+        private = next(element.iterchildren(PRIVATE), None)
+        if self._any_enabled(to.bare) and eligible(element, inbound=True):
             recipients = self._rfc6121_recipients(to, event.stanza.type or "normal")
             if recipients is not None:
                 skip = set(recipients)

@@ -16,10 +16,20 @@ kept, stripped of anything the XEP does not define (§3 rules 1, 6).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+
+from lxml import etree
 
 from xmppd.events import MESSAGE_BARE, MESSAGE_FULL, PRE_MESSAGE, Priority, StanzaEvent
 from xmppd.jid import JID, JIDError
-from xmppd.lib.stanza_id import NS_SID, SortableIds, sanitize, stamp_stanza_id, strip_stanza_ids
+from xmppd.lib.stanza_id import (
+    NS_SID,
+    SortableIds,
+    has_sid_children,
+    sanitize,
+    stamp_stanza_id,
+    strip_stanza_ids,
+)
 from xmppd.module_api import Module, StoreKind, hook
 
 # Ahead of every other handler: nothing may see a spoofed id, and everything sees the stamp.
@@ -68,23 +78,39 @@ class StanzaIds(Module):
         return self.ids.next()
 
     @hook(PRE_MESSAGE, priority=STAMP_PRIORITY)
-    async def police_outgoing(self, event: StanzaEvent) -> bool:
+    def police_outgoing(self, event: StanzaEvent) -> bool:
         """A client never gets to send a stanza id in this server's name."""
-        strip_stanza_ids(event.stanza.element, self.is_ours)
-        sanitize(event.stanza.element)
+        element = event.stanza.element
+        if has_sid_children(element):
+            strip_stanza_ids(element, self.is_ours)
+            sanitize(element)
         return False
 
     @hook(MESSAGE_BARE, priority=STAMP_PRIORITY)
     @hook(MESSAGE_FULL, priority=STAMP_PRIORITY)
-    async def stamp(self, event: StanzaEvent) -> bool:
-        """Replace any id in our name, then stamp the recipient account's id."""
+    def stamp(self, event: StanzaEvent) -> bool | Awaitable[bool]:
+        """Replace any id in our name, then stamp the recipient account's id.
+
+        Synchronous for an online recipient within the id lease (the hot path); otherwise it
+        finishes asynchronously (account lookup, lease renewal).
+        """
         element = event.stanza.element
-        strip_stanza_ids(element, self.is_ours)
-        sanitize(element)
-        type_ = event.stanza.type or "normal"
+        if has_sid_children(element):
+            strip_stanza_ids(element, self.is_ours)
+            sanitize(element)
         to = event.to
-        if type_ in STAMPED_TYPES and to.local is not None and await self._account(to):
-            stamp_stanza_id(element, str(to.bare), await self.next_id())
+        if (event.stanza.type or "normal") not in STAMPED_TYPES or to.local is None:
+            return False
+        ids = self.ids
+        if self.ctx.sessions.has_sessions(to.bare) and ids.peek() + RENEW_MARGIN_US <= self._lease:
+            # Every id in our name is gone by now (is_ours covers the account's bare JID).
+            stamp_stanza_id(element, str(to.bare), ids.next(), replace=False)
+            return False
+        return self._stamp_later(element, to)
+
+    async def _stamp_later(self, element: etree._Element, to: JID) -> bool:
+        if await self._account(to):
+            stamp_stanza_id(element, str(to.bare), await self.next_id(), replace=False)
         return False
 
     async def _account(self, to: JID) -> bool:

@@ -60,7 +60,10 @@ class NotifyKey(Generic[T]):
         return f"NotifyKey({self.name!r})"
 
 
-ChainHandler = Callable[[T], Awaitable[bool]]
+# A chain handler returns its verdict directly (a plain function: no coroutine to create on
+# the hot path) or an awaitable of it (a coroutine function, or a plain function that goes
+# async only when it must, e.g. for a storage lookup).
+ChainHandler = Callable[[T], "bool | Awaitable[bool]"]
 NotifyHandler = Callable[[T], Awaitable[None]]
 
 
@@ -70,7 +73,7 @@ class EventBus:
     __slots__ = ("_handlers",)
 
     def __init__(self) -> None:
-        self._handlers: dict[object, list[tuple[int, Callable[[Any], Awaitable[Any]]]]] = {}
+        self._handlers: dict[object, list[tuple[int, Callable[[Any], Any]]]] = {}
 
     def add_chain(self, key: ChainKey[T], handler: ChainHandler[T], priority: int) -> None:
         """Register a chain handler."""
@@ -80,13 +83,13 @@ class EventBus:
         """Register a notify handler."""
         self._add(key, handler, priority)
 
-    def _add(self, key: object, handler: Callable[[Any], Awaitable[Any]], priority: int) -> None:
+    def _add(self, key: object, handler: Callable[[Any], Any], priority: int) -> None:
         # Copy-on-write: a running chain keeps iterating the list it started with.
         entries = [*self._handlers.get(key, []), (priority, handler)]
         entries.sort(key=lambda entry: -entry[0])  # stable: equal priorities keep order
         self._handlers[key] = entries
 
-    def remove(self, key: object, handler: Callable[[Any], Awaitable[Any]]) -> None:
+    def remove(self, key: object, handler: Callable[[Any], Any]) -> None:
         """Unregister a handler (no error if absent)."""
         entries = self._handlers.get(key)
         if entries:
@@ -102,7 +105,10 @@ class EventBus:
         if entries:
             # remove() builds a new list, so handlers may unregister while the chain runs.
             for _prio, handler in entries:
-                if await handler(payload):
+                verdict = handler(payload)
+                if verdict is False:
+                    continue
+                if verdict is True or await verdict:
                     return True
         return False
 

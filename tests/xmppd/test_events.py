@@ -234,3 +234,50 @@ async def test_chain_handler_removing_itself_does_not_skip_others():
     await bus.chain(CHAIN, "x")
 
     assert calls == ["once", "next:x", "default:x"]
+
+
+async def test_chain_mixes_plain_and_async_handlers_in_priority_order():
+    """A plain function returns its verdict directly; one may also return an awaitable."""
+    bus, calls = fresh()
+
+    def plain(payload: str) -> bool:
+        calls.append(f"plain:{payload}")
+        return False
+
+    def sometimes_async(payload: str):  # goes async only when it must
+        calls.append(f"maybe:{payload}")
+        return chain_handler(calls, "awaited", result=payload == "consume")(payload)
+
+    def never_reached(payload: str) -> bool:
+        calls.append("never")
+        return True
+
+    bus.add_chain(CHAIN, plain, Priority.FIRST)
+    bus.add_chain(CHAIN, chain_handler(calls, "async"), Priority.HIGH)
+    bus.add_chain(CHAIN, sometimes_async, Priority.NORMAL)
+    bus.add_chain(CHAIN, never_reached, Priority.LOW)
+
+    assert await bus.chain(CHAIN, "consume") is True
+    assert calls == ["plain:consume", "async:consume", "maybe:consume", "awaited:consume"]
+    calls.clear()
+    assert await bus.chain(CHAIN, "pass") is True
+    assert calls == ["plain:pass", "async:pass", "maybe:pass", "awaited:pass", "never"]
+
+
+async def test_chain_plain_handler_returning_true_consumes_and_its_exception_propagates():
+    bus, calls = fresh()
+
+    def consumer(payload: str) -> bool:
+        return True
+
+    bus.add_chain(CHAIN, consumer, Priority.HIGH)
+    bus.add_chain(CHAIN, chain_handler(calls, "later"), Priority.NORMAL)
+    assert await bus.chain(CHAIN, "x") is True
+    assert calls == []
+
+    def broken(payload: str) -> bool:
+        raise RuntimeError("plain boom")
+
+    bus.add_chain(OTHER_CHAIN, broken, Priority.HIGH)
+    with pytest.raises(RuntimeError, match="plain boom"):
+        await bus.chain(OTHER_CHAIN, "x")

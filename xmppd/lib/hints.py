@@ -20,6 +20,7 @@ NO_STORE = "no-store"
 NO_COPY = "no-copy"
 STORE = "store"
 HINTS = frozenset({NO_PERMANENT_STORE, NO_STORE, NO_COPY, STORE})
+NO_COPY_TAG = f"{{{NS_HINTS}}}{NO_COPY}"
 
 BODY = f"{{{NS_CLIENT}}}body"
 SUBJECT = f"{{{NS_CLIENT}}}subject"

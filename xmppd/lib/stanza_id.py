@@ -8,7 +8,8 @@ so that an id is unpredictable (§3 rule 2) yet archive order is id order.
 
 from __future__ import annotations
 
-import secrets
+import copy
+import os
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,16 @@ COUNTER_DIGITS = 14  # hex digits: microseconds up to the year 4253
 RANDOM_DIGITS = 16
 ID_LENGTH = COUNTER_DIGITS + RANDOM_DIGITS
 _MAX_COUNTER = 16**COUNTER_DIGITS - 1
+_RANDOM_BATCH = 256  # random suffixes drawn from the OS at a time
+
+
+_SID_TAGS = (STANZA_ID, ORIGIN_ID)
+_TEMPLATE = etree.Element(STANZA_ID, nsmap={None: NS_SID})
+
+
+def has_sid_children(message: etree._Element) -> bool:
+    """Whether `message` has a direct <stanza-id/> or <origin-id/> child (one cheap pass)."""
+    return any(child.tag in _SID_TAGS for child in message)
 
 
 def find_stanza_id(message: etree._Element, by: str) -> str | None:
@@ -32,14 +43,19 @@ def find_stanza_id(message: etree._Element, by: str) -> str | None:
     return None
 
 
-def stamp_stanza_id(message: etree._Element, by: str, id_: str) -> etree._Element:
-    """Add <stanza-id by=`by` id=`id_`/>, replacing any earlier one by `by` (§3 rules 3, 4)."""
-    for element in message.findall(STANZA_ID):
-        if element.get("by") == by:
-            message.remove(element)
-    element = etree.SubElement(message, STANZA_ID, nsmap={None: NS_SID})
+def stamp_stanza_id(
+    message: etree._Element, by: str, id_: str, *, replace: bool = True
+) -> etree._Element:
+    """Add <stanza-id by=`by` id=`id_`/>, replacing any earlier one by `by` (§3 rules 3, 4);
+    `replace=False` when the caller already removed every id in our name."""
+    if replace:
+        for element in message.findall(STANZA_ID):
+            if element.get("by") == by:
+                message.remove(element)
+    element = copy.copy(_TEMPLATE)  # cheaper than a new element with its own nsmap
     element.set("id", id_)
     element.set("by", by)
+    message.append(element)
     return element
 
 
@@ -95,11 +111,20 @@ class SortableIds:
         clock: unix time in seconds.
     """
 
-    __slots__ = ("_clock", "last")
+    __slots__ = ("_clock", "_random", "last")
 
     def __init__(self, floor: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.last = floor
         self._clock = clock
+        self._random: list[str] = []  # hex suffixes from one os.urandom call (a syscall each)
+
+    def _suffix(self) -> str:
+        if not self._random:
+            block = os.urandom(_RANDOM_BATCH * RANDOM_DIGITS // 2).hex()
+            self._random = [
+                block[i : i + RANDOM_DIGITS] for i in range(0, len(block), RANDOM_DIGITS)
+            ]
+        return self._random.pop()
 
     def peek(self) -> int:
         """The counter the next id will have."""
@@ -115,4 +140,4 @@ class SortableIds:
         if counter > _MAX_COUNTER:
             raise OverflowError("stanza id counter exhausted")
         self.last = counter
-        return f"{counter:0{COUNTER_DIGITS}x}{secrets.token_hex(RANDOM_DIGITS // 2)}"
+        return f"{counter:0{COUNTER_DIGITS}x}{self._suffix()}"
