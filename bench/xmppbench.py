@@ -59,6 +59,8 @@ METRICS: dict[str, tuple[tuple[str, bool | None], ...]] = {
         ("setup_conn_per_s", True),
         ("server_ms_per_conn", False),
         ("rss_close_ratio", False),
+        ("rss_reclaim_ratio", False),
+        ("reclaim_s", None),
     ),
     "logins": (("logins_per_s", True), ("server_ms_per_login", False)),
     "afterload": (
@@ -67,6 +69,8 @@ METRICS: dict[str, tuple[tuple[str, bool | None], ...]] = {
         ("after_fresh_ratio", True),
         ("storm_kib_per_conn", False),
         ("rss_close_ratio", False),
+        ("rss_reclaim_ratio", False),
+        ("reclaim_s", None),
     ),
     "slowreader": (
         ("rtt_p50_ms", False),
@@ -85,6 +89,7 @@ METRICS: dict[str, tuple[tuple[str, bool | None], ...]] = {
         ("pings_answered", True),
         ("ping_all_s", False),
         ("rss_close_ratio", False),
+        ("rss_reclaim_ratio", False),
     ),
 }
 
@@ -154,11 +159,11 @@ class Plan:
         # closing them has its own bounded waits (about 3 minutes at most)
         storm = self.idle / 20 + 240.0
         if scenario == "memory":
-            return 120.0 + storm
+            return 120.0 + storm + 45.0  # + the wait for RSS to return
         if scenario == "hold":
-            return 120.0 + storm + self.hold
+            return 120.0 + storm + self.hold + 45.0
         if scenario == "afterload":
-            return 120.0 + storm + 2 * (120.0 + 2 * (self.warmup + self.duration))
+            return 165.0 + storm + 2 * (120.0 + 2 * (self.warmup + self.duration))
         if scenario == "slowreader":
             return 180.0 + self.flood + self.linger
         return 120.0 + 2 * (self.warmup + self.duration)

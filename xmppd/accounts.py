@@ -48,15 +48,18 @@ class AccountStore:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], tuple[float, StoredCredentials]] = OrderedDict()
 
-    def prune(self) -> None:
-        """Drop expired cache entries (the oldest come first)."""
+    def prune(self) -> int:
+        """Drop expired cache entries (the oldest come first); returns how many."""
         deadline = time.monotonic() - self.cache_ttl
         cache = self._cache
+        pruned = 0
         while cache:
             key, (fetched, _creds) = next(iter(cache.items()))
             if fetched >= deadline:
                 break
             del cache[key]
+            pruned += 1
+        return pruned
 
     def forget(self, host: str, username: str) -> None:
         """Drop cached credentials of one account (it changed elsewhere)."""

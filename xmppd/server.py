@@ -37,7 +37,7 @@ from xmppd.session_manager import SessionManager
 from xmppd.stanza import make, new_id
 from xmppd.storage import ArchiveStore, KeyValueStore, Storage, open_storage
 from xmppd.stream.connection import C2SConnection
-from xmppd.stream.parser import take_discarded
+from xmppd.stream.parser import drain_pool, take_discarded
 from xmppd.throttle import AuthThrottle
 
 logger = logging.getLogger(__name__)
@@ -177,29 +177,35 @@ class Server:
         interval = self.config.limits.idle_sweep
         while True:
             await asyncio.sleep(interval)
-            self.accounts.prune()
+            pruned = self.accounts.prune()
             hibernated = 0
             for conn in list(self.connections):
                 if conn.active:
                     conn.active = False
                 elif conn.hibernate():
                     hibernated += 1
-            self._reclaim(hibernated)
+            self._reclaim(hibernated, pruned)
 
-    def _reclaim(self, hibernated: int) -> None:
+    def _reclaim(self, hibernated: int, pruned: int) -> None:
         """Closed connections and parsers the full pool could not take are reference cycles,
         freed only by a full collection (tens of ms at 19,000 streams): one runs once a
         quarter of the connections (at least 500) or 2,000 such parsers are gone. Freed memory
         goes back to the OS only when the heap is trimmed: after that collection, or after
-        enough streams hibernated."""
+        enough streams hibernated. A storm's cached credentials expire later (the cache TTL):
+        their memory is given back then."""
         self._discarded += take_discarded()
         closed, peak = self._closed_since_collect, self._peak_connections
         if closed >= max(500, peak // 4) or self._discarded >= _COLLECT_DISCARDED:
             self._closed_since_collect = self._discarded = 0
             self._peak_connections = len(self.connections)
+            if closed >= max(500, peak // 4):
+                drain_pool()  # a storm's parsers would pin the allocator's arenas
             gc.collect()
             _trim_heap()
             self._trim_again = True  # what the collection's finalizers free comes later
+        elif pruned >= 500:
+            gc.collect()
+            _trim_heap()
         elif hibernated >= _TRIM_AFTER or self._trim_again:
             self._trim_again = False
             _trim_heap()

@@ -304,6 +304,9 @@ class SqliteStorage:
                             )
                     self._pending.clear()
                     raise
+                # aiosqlite's worker keeps its last call (and so this list) referenced until
+                # the next one: drop the ops, so an idle server keeps none of its last batch.
+                ops.clear()
                 self.commits += commits
                 for write, outcome in zip(batch, outcomes, strict=True):
                     if write.future.done():  # the caller was cancelled

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -40,7 +41,7 @@ from xmppd.stream.serializer import STREAM_CLOSE, serialize
 
 if TYPE_CHECKING:
     from xmppd.accounts import AccountStore
-    from xmppd.config import Config
+    from xmppd.config import Config, Limits
     from xmppd.hosts import Host
     from xmppd.router import Router
     from xmppd.session_manager import SessionManager
@@ -86,7 +87,11 @@ class ConnectionServices(Protocol):
 
 
 def _limits(config: Config, pre_auth: bool) -> ParserLimits:
-    lim = config.limits
+    return _limits_of(config.limits, pre_auth)
+
+
+@functools.lru_cache(maxsize=8)  # shared by every connection: not two objects each
+def _limits_of(lim: Limits, pre_auth: bool) -> ParserLimits:
     if pre_auth:
         return ParserLimits(
             max_stanza_bytes=lim.pre_auth_stanza_size,
@@ -486,6 +491,7 @@ class C2SConnection(asyncio.Protocol):
         self.session = Session(self.services.hosts[domain], self)
         self.session.username = username
         self.parser.limits = _limits(self.config, pre_auth=False)
+        self.stream.pre_auth_features = None  # nothing more is offered before authentication
         logger.debug("%s authenticated as %s@%s", self.peer, username, domain)
 
     async def _bind(self, action: act.BindResource) -> None:

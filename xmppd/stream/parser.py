@@ -124,17 +124,42 @@ def _make_parser() -> etree.XMLPullParser:
     )
 
 
-def _release(parser: etree.XMLPullParser) -> None:
-    """Close a parser (freeing libxml2's buffers) and pool it while the pool has room."""
-    with contextlib.suppress(etree.XMLSyntaxError):  # the stream is never complete
+def _release(parser: etree.XMLPullParser, end_tag: bytes | None) -> None:
+    """Close a parser (freeing libxml2's buffers) and pool it while the pool has room.
+
+    lxml keeps every element whose start event it reported on a stack until its end event,
+    across documents: a stream root left open would stay alive for as long as the (pooled)
+    parser does. So an open root is ended first with `end_tag`; a parser that cannot be
+    brought back to an empty stack (mid-stanza, or after a syntax error) is not pooled.
+    """
+    poolable = True
+    if end_tag is not None:
+        try:
+            parser.feed(end_tag)
+        except etree.XMLSyntaxError:
+            poolable = False
+    with contextlib.suppress(etree.XMLSyntaxError):  # an unended stream is no error here
         parser.close()
     for _ in parser.read_events():
         pass
-    if len(_POOL) < POOL_MAX:
+    if poolable and len(_POOL) < POOL_MAX:
         _POOL.append(parser)
     else:
         global _discarded  # a process-wide counter, read by the server
         _discarded += 1
+
+
+def _qualified_name(root: etree._Element) -> str:
+    name = etree.QName(root).localname
+    return f"{root.prefix}:{name}" if root.prefix else name
+
+
+def drain_pool() -> int:
+    """Drop every pooled parser (after a storm): made at scattered moments, their objects would
+    keep whole allocator arenas alive; the pool refills on demand. Returns how many."""
+    count = len(_POOL)
+    _POOL.clear()
+    return count
 
 
 def take_discarded() -> int:
@@ -185,11 +210,21 @@ class StreamParser:
         self.reset()
 
     def _retire(self) -> None:
-        """Close the current lxml parser and return it to the shared pool."""
+        """Close the current lxml parser and return it to the shared pool (before the root
+        and depth of the stream it parsed are forgotten)."""
         parser = self._parser
-        if parser is not None:
-            self._parser = None
-            _release(parser)
+        if parser is None:
+            return
+        self._parser = None
+        root = self._root
+        if root is None:
+            # Before the header's start event, or after the stream's end: nothing is open.
+            _release(parser, None)
+        elif self._depth == 0:
+            _release(parser, f"</{_qualified_name(root)}>".encode())
+        else:  # mid-stanza: open elements we cannot name cheaply; let the GC have it
+            global _discarded
+            _discarded += 1
 
     def reset(self) -> None:
         """Forget the current stream and expect a new header (RFC 6120 §4.3.3 restart)."""
@@ -205,8 +240,8 @@ class StreamParser:
 
     def release(self) -> None:
         """The connection is gone: give the lxml parser back to the pool."""
-        self._root = self._holder = None
         self._retire()
+        self._root = self._holder = None
         self._closed = True
 
     def hibernate(self) -> bool:
@@ -218,13 +253,12 @@ class StreamParser:
         root = self._root
         if root is None or self._depth != 0 or not self._idle:
             return False
-        name = etree.QName(root).localname
-        name = f"{root.prefix}:{name}" if root.prefix else name
+        name = _qualified_name(root)
         for prefix, uri in root.nsmap.items():
             name += f" xmlns{':' + prefix if prefix else ''}={quoteattr(uri)}"
         self._wake_header = f"<{name}>".encode()
-        self._root = self._holder = None
         self._retire()
+        self._root = self._holder = None
         return True
 
     def feed(self, data: bytes) -> list[ParseEvent]:

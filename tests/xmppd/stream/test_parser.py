@@ -576,3 +576,37 @@ def test_release_gives_the_parser_back_and_ignores_later_bytes():
     parser.release()
     assert len(parser_mod._POOL) == 1
     assert parser.feed(MESSAGE) == []
+
+
+def test_a_pooled_parser_keeps_no_element_of_the_streams_it_served():
+    """lxml holds every started element until its end event, across documents: the open
+    stream root must be ended before a parser is pooled, or each reuse would leak one."""
+    import gc
+
+    parser_mod._POOL.clear()
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, etree._Element))
+
+    before = alive()
+    for _ in range(50):
+        stream = opened()
+        stream.feed(MESSAGE)
+        assert stream.hibernate() is True  # hibernate, wake, restart, then the connection goes
+        stream.feed(MESSAGE)
+        stream.reset()
+        assert isinstance(stream.feed(HEADER)[0], StreamOpened)
+        stream.release()
+    assert len(parser_mod._POOL) == 1  # one parser served all 150 documents
+    assert alive() - before <= 2
+
+
+def test_a_parser_released_mid_stanza_is_not_pooled():
+    parser_mod._POOL.clear()
+    parser_mod.take_discarded()
+    stream = opened()
+    stream.feed(MESSAGE[:60])
+    stream.release()
+    assert parser_mod._POOL == []
+    assert parser_mod.take_discarded() == 1
