@@ -96,6 +96,8 @@ class Blocking(Module):
         """Cache of block lists of accounts with sessions; the send filter."""
         self._loaded: set[str] = set()  # accounts with sessions: their lists are cached
         self._lists: dict[str, frozenset[JID]] = {}  # their non-empty lists
+        # Accounts with a non-empty list (few): a login of any other needs no storage read.
+        self._listed: set[str] = set(await self.ctx.keyvalue(STORE).users())
         self.ctx.add_send_filter(self._filter)
 
     # --- list storage ----------------------------------------------------------------------
@@ -103,6 +105,8 @@ class Blocking(Module):
         """The block list of a local account of this host."""
         if username in self._loaded:
             return self._lists.get(username, frozenset())
+        if username not in self._listed:
+            return frozenset()
         raw = await self.ctx.keyvalue(STORE).get(username, KEY)
         items = set()
         for text in raw if isinstance(raw, list) else ():
@@ -116,9 +120,11 @@ class Blocking(Module):
         store = self.ctx.keyvalue(STORE)
         if items:
             value: list[JsonValue] = [str(j) for j in sorted(items, key=str)]
+            self._listed.add(username)
             await store.set(username, KEY, value)
         else:
             await store.delete(username, KEY)
+            self._listed.discard(username)
         if username in self._loaded:
             self._cache(username, items)
 
