@@ -283,7 +283,11 @@ class Blocking(Module):
         """
         stanza = event.stanza
         to = event.to
-        if to.local is None or (stanza.type == "error" and _is_block_refusal(stanza.element)):
+        if to.local is None or (
+            # The server's own refusal of what the account sent to a JID it blocks (routed back
+            # "from" that JID); the same error sent by a client is no exemption.
+            event.origin is None and stanza.type == "error" and _is_block_refusal(stanza.element)
+        ):
             return False
         # Presence the account broadcasts (routed by the server, not by its session) must not
         # reach a JID it blocks either; unavailable may (it hides nothing).

@@ -35,6 +35,7 @@ from xmppd.events import (
     MESSAGE_OFFLINE,
     SHUTDOWN,
     MessageOffline,
+    Priority,
     SessionEvent,
     Shutdown,
 )
@@ -47,6 +48,8 @@ from xmppd.stream.serializer import serialize
 
 NS_MSGOFFLINE = "msgoffline"
 DELAY_REASON = "Offline Storage"
+FLUSH_HIGH_WATER = 65536  # output bytes a flush lets pile up in a client's buffer before waiting
+FLUSH_DRAIN_TIMEOUT = 60.0  # seconds a flush waits for a client to read; the rest stays stored
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
@@ -82,10 +85,10 @@ class Offline(Module):
         """Store the message, or decline (service-unavailable), or drop a bare chat state."""
         element = event.stanza.element
         found = hints(element)
-        if NO_STORE in found:
-            return False  # XEP-0334 §4: not stored; the core answers service-unavailable
         if STORE not in found and (is_chat_state_only(element) or not has_content(element)):
             return True  # XEP-0085 §5.5 / XEP-0160 §3: not stored, and not worth an error
+        if NO_STORE in found:
+            return False  # XEP-0334 §4: not stored; the core answers service-unavailable
         limit = self.options.max_messages
         if limit > 0 and await self.store.count(event.username) >= limit:
             raise StanzaError("service-unavailable", "the recipient's offline storage is full")
@@ -93,10 +96,17 @@ class Offline(Module):
         await self.store.append(
             event.username, serialize(element).decode(), with_jid=str(sender), when=time.time()
         )
+        # The recipient may have come online while this was being stored (its flush read the
+        # store before the append committed): hand it over now rather than at the next login.
+        for session in self.ctx.sessions.available(event.to.bare):
+            if session.priority >= 0:
+                await self._flush(session)
+                break
         return True
 
     # --- delivering ----------------------------------------------------------------------
-    @hook(INITIAL_PRESENCE)
+    # Before other modules act on the presence: live messages must not overtake stored ones.
+    @hook(INITIAL_PRESENCE, priority=Priority.HIGH)
     async def flush(self, event: SessionEvent) -> None:
         """XEP-0160 §2: deliver stored messages to a resource coming online at priority >= 0."""
         session = event.session
@@ -106,8 +116,12 @@ class Offline(Module):
         await self._flush(session)
 
     async def _priority_raised(self, event: SessionEvent) -> None:
+        """A presence update: at a negative priority messages are stored again (RFC 6121
+        §8.5.2.1.1); back at a non-negative one they are delivered."""
         session = event.session
-        if session.priority >= 0 and session.state(Offline) is True:
+        if session.priority < 0:
+            session.set_state(Offline, True)
+        elif session.state(Offline) is True:
             session.set_state(Offline, False)
             await self._flush(session)
 
@@ -119,6 +133,8 @@ class Offline(Module):
         try:
             items = await self.store.items(user)
             for item in items:
+                if not await self._writable(session):
+                    break  # the rest stays stored for the next flush
                 inflight = self._inflight.setdefault(user, set())
                 if item.key in inflight:
                     continue  # another resource's flush is handing it out
@@ -140,6 +156,23 @@ class Offline(Module):
         task = self._removing.get(user)
         if task is not None:
             await task
+
+    async def _writable(self, session: Session) -> bool:
+        """Whether `session` can still take a message, once its output has drained below
+        FLUSH_HIGH_WATER: a flush never piles a whole store into a client's buffer (where the
+        core would drop the connection past output_max, with the messages)."""
+        deadline = time.monotonic() + FLUSH_DRAIN_TIMEOUT
+        while True:
+            conn = session.conn
+            if conn is None or conn.closed or session.jid is None:
+                return False
+            if self.ctx.sessions.get(session.jid) is not session:
+                return False
+            if conn.buffered() <= FLUSH_HIGH_WATER:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
 
     def _deliver(self, session: Session, element: etree._Element, done: Callable[[], None]) -> None:
         """Hand one stored message to the session; `done` once it is delivered.

@@ -24,7 +24,7 @@ from lxml import etree
 
 from xmppd import events as ev
 from xmppd.jid import JID
-from xmppd.module_api import Module, Priority, hook
+from xmppd.module_api import Module, Priority, StanzaError, hook
 from xmppd.session import Session
 from xmppd.stanza import make
 
@@ -51,6 +51,9 @@ class PresenceModule(Module):
         # §8.5.2.1.1: a chat/normal message to a bare JID goes to the highest-priority
         # non-negative resources (default), or to every non-negative resource when true.
         deliver_to_all_resources: bool = False
+        # Entities one session may have sent directed available presence to at once (each
+        # gets unavailable when the session ends); more is refused with policy-violation.
+        max_directed: int = 1000
 
     options: Options
 
@@ -74,10 +77,13 @@ class PresenceModule(Module):
 
     async def _broadcast(self, session: Session, presence: etree._Element) -> set[JID]:
         """§4.2.2 / §4.4.2 / §4.5.2: to every contact with a from/both subscription."""
+        available = presence.get("type") is None
         presence = copy.deepcopy(presence)
         presence.set("from", str(session.full_jid))
         sent: set[JID] = set()
         for contact, sub in (await self._subscriptions(session.full_jid)).items():
+            if available and not session.available:
+                break  # it went unavailable meanwhile: no available presence after that
             if sub in ("from", "both"):
                 sent.add(contact)
                 await self._send_to(presence, contact)
@@ -141,11 +147,17 @@ class PresenceModule(Module):
             return False
         if stanza.to.bare == session.full_jid.bare:
             return False
+        if self.ctx.sessions.get(session.full_jid) is not session:
+            return True  # the session has ended (its cleanup ran): send nothing more
         state = session.state(_Directed)
         if stanza.type is None:
             if not isinstance(state, _Directed):
                 state = _Directed()
                 session.set_state(_Directed, state)
+            if stanza.to not in state.jids and len(state.jids) >= self.options.max_directed:
+                raise StanzaError(
+                    "policy-violation", "directed presence to too many entities at once"
+                )
             state.jids.add(stanza.to)
         elif isinstance(state, _Directed):
             state.jids.discard(stanza.to)
@@ -161,13 +173,9 @@ class PresenceModule(Module):
             return True
         if stanza.type is not None:
             return False  # unavailable, error: delivered by the core
-        sender = stanza.from_.bare
-        user = event.to.bare
-        if sender == user:
-            return False
-        # Not subscribed to the sender's presence: silently not delivered (only subscribers
-        # and full-JID directed presence reach a user, §4).
-        return await self._subscription(user, sender) not in ("to", "both")
+        # Available presence goes to all available resources (§8.5.2.1.2), whether from a
+        # contact (§4.4.3) or directed from anyone else (§4.6).
+        return False
 
     @hook(ev.PRESENCE_FULL)
     async def inbound_full(self, event: ev.StanzaEvent) -> bool:

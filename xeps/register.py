@@ -12,6 +12,7 @@ creations are limited per client IP address (`registrations_per_ip` per
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -39,6 +40,18 @@ def _text(payload: etree._Element, name: str) -> str | None:
     return payload.findtext(f"{{{NS_REGISTER}}}{name}")
 
 
+def _throttle_key(peer: str) -> str:
+    """The address registrations are counted by: an IPv6 client is one /64 (one subscriber's
+    prefix), an IPv4 client its address."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class RateLimit:
     """At most `count` events per `period` seconds per key (here: client IP address)."""
 
@@ -61,6 +74,12 @@ class RateLimit:
         """Whether one more event is allowed for `key` now."""
         now = time.monotonic() if now is None else now
         return len(self._recent(key, now)) < self.count
+
+    def refund(self, key: str) -> None:
+        """Take back the latest event of `key` (the attempt it counted failed)."""
+        events = self._events.get(key)
+        if events:
+            events.pop()
 
     def record(self, key: str, now: float | None = None) -> None:
         """Count one event for `key`."""
@@ -133,19 +152,26 @@ class Register(Module):
             username = prep_localpart(raw_user)
         except JIDError:
             raise StanzaError("jid-malformed", "the username is not a valid localpart") from None
-        if not self._limit.allowed(request.peer):
+        source = _throttle_key(request.peer)
+        if not self._limit.allowed(source):
             # §3.1.1: "too many registrations" is answered not-acceptable.
             raise StanzaError("not-acceptable", "too many registrations from your address")
+        # Counted before any await, so concurrent requests from one address cannot all pass;
+        # taken back if the attempt fails (only created accounts count).
+        self._limit.record(source)
         jid = JID(username, request.domain, None)
-        if await self.accounts.exists(request.domain, username):
-            raise StanzaError("conflict", "this username is taken")
-        self._limit.record(request.peer)
         try:
-            await self.accounts.create(jid, password)
-        except AccountError as exc:
             if await self.accounts.exists(request.domain, username):
-                raise StanzaError("conflict", "this username is taken") from None
-            raise StanzaError("not-acceptable", str(exc)) from None
+                raise StanzaError("conflict", "this username is taken")
+            try:
+                await self.accounts.create(jid, password)
+            except AccountError as exc:
+                if await self.accounts.exists(request.domain, username):
+                    raise StanzaError("conflict", "this username is taken") from None
+                raise StanzaError("not-acceptable", str(exc)) from None
+        except BaseException:
+            self._limit.refund(source)
+            raise
         self.ctx.log.info("registered %s from %s", jid, request.peer)
 
     # --- after authentication --------------------------------------------------------------

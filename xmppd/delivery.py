@@ -161,6 +161,10 @@ class Delivery:
         stanza = event.stanza
         if session is None or stanza.type not in (None, "unavailable"):
             raise StanzaError("bad-request", "presence of this type needs a 'to'")
+        if self.sessions.get(session.full_jid) is not session:
+            # The session ended while this presence waited in a handler (its connection went
+            # away): it must not become available again after its unavailable went out.
+            return True
         bare = session.full_jid.bare
         if stanza.type is None:
             session.priority = _parse_priority(stanza.element)

@@ -33,6 +33,13 @@ class SessionTransport(Protocol):
     def close(self, error: StreamError | None = None) -> None:
         """Close the stream, with a stream error if given."""
 
+    @property
+    def closed(self) -> bool:
+        """The stream is closed or closing: nothing sent now reaches the client."""
+
+    def buffered(self) -> int:
+        """Output bytes held for the client, not yet taken by the kernel."""
+
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes log lines with the session id and JID (Prosody-style per-session logger)."""

@@ -100,6 +100,9 @@ class FakeConnection:
         """Record a snapshot of the element as it would go on the wire."""
         self.sent.append(etree.fromstring(serialize(element)))
 
+    def buffered(self) -> int:
+        return 0
+
     def close(self, error: StreamError | None = None) -> None:
         """Record the close (and the stream error, if any)."""
         self.closed = True

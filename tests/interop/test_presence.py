@@ -58,13 +58,15 @@ async def test_directed_presence_gets_unavailable_at_disconnect(connect: ClientF
     await wait_presence(carol, of("unavailable", "alice@localhost/a"))
 
 
-async def test_presence_to_bare_jid_of_a_stranger_is_not_delivered(connect: ClientFactory) -> None:
+async def test_directed_presence_to_the_bare_jid_of_a_stranger_is_delivered(
+    connect: ClientFactory,
+) -> None:
+    """RFC 6121 §4.6 / §8.5.2.1.2: directed presence needs no subscription."""
     alice = await connect("alice@localhost/a")
     carol = await connect("carol@localhost/c")
-    alice.send_presence(pto="carol@localhost", pstatus="spam")
-    alice.send_presence(pto="carol@localhost/c", pstatus="direct")
+    alice.send_presence(pto="carol@localhost", pstatus="to the bare JID")
     got = await wait_presence(carol, of("available", "alice@localhost/a"))
-    assert got["status"] == "direct"  # the bare-JID one was dropped, the full-JID one came
+    assert got["status"] == "to the bare JID"
 
 
 async def test_priorities_and_bare_jid_delivery(connect: ClientFactory) -> None:

@@ -301,3 +301,28 @@ async def test_blocklist_size_is_limited(tmp_path: Path) -> None:
         assert error_condition(h.take_one(alice)) == "not-acceptable"
         await h.send(alice, BLOCKLIST)
         assert listed(h.take_one(alice)) == ["a.example", "b.example"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "to"),
+    [
+        ("message", "alice@localhost/home"),
+        ("presence", "alice@localhost"),
+        ("iq", "alice@localhost/home"),
+    ],
+)
+async def test_a_blocked_user_cannot_pass_as_the_servers_own_refusal(
+    h: ModuleHarness, alice: Session, bob: Session, kind: str, to: str
+) -> None:
+    """An error carrying <blocked/> exempts only refusals the server made (XEP-0191 §3.3:
+    nothing from the contact reaches the user)."""
+    await blocks_bob(h, alice)
+    forged = (
+        f"<{kind} to='{to}' type='error' id='f1'><body>sneaked in</body>"
+        "<error type='cancel'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+        "<blocked xmlns='urn:xmpp:blocking:errors'/></error></" + kind + ">"
+    )
+    if kind == "iq":
+        forged = forged.replace("<body>sneaked in</body>", "")
+    await h.send(bob, forged)
+    assert h.take(alice) == []

@@ -264,3 +264,46 @@ async def test_msgoffline_is_advertised(h: ModuleHarness, alice: Session) -> Non
     reply = h.take_one(alice)
     features = {f.get("var") for f in reply.iter("{http://jabber.org/protocol/disco#info}feature")}
     assert "msgoffline" in features
+
+
+async def test_dropping_to_negative_priority_then_back_flushes_what_came_meanwhile(
+    h: ModuleHarness, alice: Session
+) -> None:
+    bob = await h.connect("bob@localhost/phone", priority=0)
+    await h.send(bob, "<presence><priority>-1</priority></presence>")
+    await h.send(alice, "<message to='bob@localhost' type='chat'><body>stored</body></message>")
+    assert [e for e in h.take(bob) if e.tag == "{jabber:client}message"] == []
+    assert len(await stored(h)) == 1
+    await h.send(bob, "<presence><priority>1</priority></presence>")
+    messages = [e for e in h.take(bob) if e.tag == "{jabber:client}message"]
+    assert [e.findtext(BODY) for e in messages] == ["stored"]
+    await asyncio.sleep(0)  # let the batched removal run
+    assert await stored(h) == []
+
+
+async def test_nothing_is_removed_for_a_session_whose_connection_is_gone(
+    h: ModuleHarness, alice: Session
+) -> None:
+    for i in range(3):
+        await h.send(alice, f"<message to='bob@localhost' type='chat'><body>{i}</body></message>")
+    bob = await h.connect("bob@localhost/phone")
+    h.conn(bob).closed = True  # the client went away before its presence was handled
+    await h.send(bob, "<presence/>")
+    assert [e for e in h.take(bob) if e.tag == "{jabber:client}message"] == []
+    assert [item.value.count("<body>") for item in await stored(h)] == [1, 1, 1]
+    again = await h.connect("bob@localhost/laptop", priority=0, drain=False)
+    messages = [e for e in h.take(again) if e.tag == "{jabber:client}message"]
+    assert [e.findtext(BODY) for e in messages] == ["0", "1", "2"]
+
+
+async def test_a_chat_state_with_no_store_is_dropped_without_an_error(
+    h: ModuleHarness, alice: Session
+) -> None:
+    await h.send(
+        alice,
+        "<message to='bob@localhost' type='chat'>"
+        "<composing xmlns='http://jabber.org/protocol/chatstates'/>"
+        "<no-store xmlns='urn:xmpp:hints'/></message>",
+    )
+    assert h.take(alice) == []
+    assert await stored(h) == []

@@ -13,7 +13,7 @@ from typing import cast
 import pytest
 from lxml import etree
 
-from tests.helpers.harness import ModuleHarness
+from tests.helpers.harness import ModuleHarness, error_condition
 from xeps.roster import Item, RosterModule
 from xmppd.session import Session
 
@@ -221,15 +221,38 @@ async def test_subscriber_gets_one_unavailable_even_after_directed_presence(
 # --- inbound filtering ---------------------------------------------------------------------
 
 
-async def test_available_presence_from_stranger_to_bare_jid_is_not_delivered(
+async def test_directed_presence_from_a_stranger_to_a_bare_jid_reaches_every_resource(
     h: ModuleHarness,
 ) -> None:
+    """RFC 6121 §4.6 (directed presence to any entity) and §8.5.2.1.2 (available presence to a
+    bare JID goes to all available resources), subscription or not."""
     alice = await h.connect("alice@localhost/a", priority=0)
     bob = await h.connect("bob@localhost/b", priority=0)
-    await h.send(alice, "<presence to='bob@localhost'><status>let me in</status></presence>")
-    assert h.take(bob) == []
-    await h.send(alice, "<presence to='bob@localhost/b'/>")  # full JID: directed presence
+    bob2 = await h.connect("bob@localhost/c", priority=-1)
+    await h.send(alice, "<presence to='bob@localhost'><status>hello</status></presence>")
     assert senders(h.take(bob)) == ["alice@localhost/a"]
+    assert senders(h.take(bob2)) == ["alice@localhost/a"]
+    await h.send(alice, "<presence to='bob@localhost/b'/>")  # full JID: that resource only
+    assert senders(h.take(bob)) == ["alice@localhost/a"]
+    assert h.take(bob2) == []
+
+
+async def test_directed_presence_is_limited_per_session(tmp_path: Path) -> None:
+    async with ModuleHarness.started(
+        tmp_path,
+        accounts=("alice", "bob"),
+        modules_enabled=["roster", "presence"],
+        modules={"presence": {"max_directed": 2}},
+    ) as h:
+        alice = await h.connect("alice@localhost/a", priority=0)
+        for target in ("bob@localhost/r1", "bob@localhost/r2"):
+            await h.send(alice, f"<presence to='{target}'/>")
+        h.take(alice)
+        await h.send(alice, "<presence to='bob@localhost/r3' id='p3'/>")
+        assert error_condition(h.take_one(alice)) == "policy-violation"
+        await h.send(alice, "<presence to='bob@localhost/r1' type='unavailable'/>")
+        await h.send(alice, "<presence to='bob@localhost/r3' id='p4'/>")  # room again
+        assert [e for e in h.take(alice) if e.get("type") == "error"] == []
 
 
 async def test_available_presence_from_contact_we_subscribe_to_is_delivered(
@@ -287,3 +310,19 @@ async def test_option_delivers_bare_message_to_all_non_negative_resources(tmp_pa
         low = await h.connect("bob@localhost/low", priority=0)
         neg = await h.connect("bob@localhost/neg", priority=-1)
         assert await deliver_to(h, [high, low, neg]) == [1, 1, 0]
+
+
+async def test_presence_handled_after_its_session_ended_changes_nothing(
+    h: ModuleHarness,
+) -> None:
+    """A presence still in a handler when the connection went away must not make the ended
+    session available again (nothing would ever send its unavailable)."""
+    gone = await h.connect("alice@localhost/gone")
+    sibling = await h.connect("alice@localhost/stays", priority=0)
+    await h.server.session_ended(gone, "connection lost")
+    h.take(sibling)
+    await h.send(gone, "<presence><status>late</status></presence>")
+    await h.send(gone, "<presence to='bob@localhost/x'/>")
+    assert gone.available is False
+    assert h.take(sibling) == []
+    assert h.server.sessions.get(gone.full_jid) is None

@@ -7,6 +7,7 @@ to the host's pre-auth registry as the connection does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -302,3 +303,26 @@ async def test_removal_answers_then_ends_every_session_and_deletes_data(h: Modul
     assert storage is not None
     for store in ("vcard", "last"):  # last: nothing recorded at the sessions' end survives
         assert await storage.keyvalue("localhost", store).keys("alice") == []
+
+
+async def test_concurrent_registrations_from_one_address_cannot_pass_the_limit(
+    open_h: ModuleHarness,
+) -> None:
+    """The limit (2 here) is counted before the request awaits storage: five at once from one
+    address create two accounts."""
+    replies = await asyncio.gather(
+        *(pre_auth(open_h, reg("set", creds(f"burst{i}"))) for i in range(5))
+    )
+    assert sorted(r.get("type") for r in replies) == ["error"] * 3 + ["result"] * 2
+    created = [await open_h.server.accounts.exists("localhost", f"burst{i}") for i in range(5)]
+    assert created.count(True) == 2
+
+
+async def test_an_ipv6_client_is_limited_by_its_64_prefix(open_h: ModuleHarness) -> None:
+    for i in range(2):
+        reply = await pre_auth(open_h, reg("set", creds(f"six{i}")), peer=f"2001:db8::{i + 1}")
+        assert reply.get("type") == "result"
+    reply = await pre_auth(open_h, reg("set", creds("six2")), peer="2001:db8::ffff:1")
+    assert error_condition(reply) == "not-acceptable"
+    other = await pre_auth(open_h, reg("set", creds("six2")), peer="2001:db8:0:1::1")
+    assert other.get("type") == "result"

@@ -586,6 +586,11 @@ class C2SConnection(asyncio.Protocol):
         """Paused because a client it sends to reads too slowly."""
         return self._blocked
 
+    @property
+    def closed(self) -> bool:
+        """Closed or closing: nothing sent now reaches the client."""
+        return self._closed
+
     def buffered(self) -> int:
         """Output bytes held for this client (not yet taken by the kernel)."""
         size = self._out_size
