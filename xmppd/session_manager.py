@@ -22,8 +22,8 @@ class SessionManager:
         self._by_full: dict[JID, Session] = {}
         self._by_bare: dict[JID, dict[str, Session]] = {}
 
-    def bind(self, session: Session, username: str, resource: str | None) -> JID:
-        """Bind `session` and return its full JID.
+    def full_jid(self, session: Session, username: str, resource: str | None) -> JID:
+        """The full JID `session` would bind: the resource prepared, or generated if absent.
 
         Raises:
             JIDError: the requested resource does not prepare (the client gets bad-request).
@@ -32,7 +32,18 @@ class SessionManager:
         if not resource:
             # RFC 6120 §7.6.2.1: server-generated resource, unique among this user's sessions.
             resource = secrets.token_hex(6)
-        full = bare.with_resource(resource)
+        return bare.with_resource(resource)
+
+    def bind(self, session: Session, username: str, resource: str | None) -> JID:
+        """Bind `session` and return its full JID; a session bound to it is replaced (closed
+        with <conflict/>); the connection ends such a session properly first (see
+        `C2SConnection._bind`), this is the last resort for a race.
+
+        Raises:
+            JIDError: the requested resource does not prepare (the client gets bad-request).
+        """
+        full = self.full_jid(session, username, resource)
+        bare = full.bare
         old = self._by_full.get(full)
         if old is not None and old is not session:
             self.unbind(old)

@@ -70,3 +70,24 @@ async def test_resource_conflict_replaces_the_old_session(connect: ClientFactory
     await asyncio.wait_for(closed, 10)
     assert errors == ["conflict"]
     await second.plugin["xep_0199"].ping("localhost", timeout=10)
+
+
+async def test_a_replaced_session_ends_before_the_new_one_is_bound(connect: ClientFactory) -> None:
+    """RFC 6120 §7.7.2.2 / RFC 6121 §4.5: the old session's unavailable reaches the user's
+    other resources (and its directed-presence recipients) before the new session's
+    presence, never after it."""
+    watcher = await connect("alice@localhost/watcher")
+    bob = await connect("bob@localhost/desk")
+    first = await connect("alice@localhost/same")
+    first.send_presence(pto="bob@localhost/desk", pstatus="directed")
+    seen_by_bob = await bob.next_presence()
+    assert (seen_by_bob["from"].full, seen_by_bob["type"]) == ("alice@localhost/same", "available")
+    while (await watcher.next_presence())["from"].full != "alice@localhost/same":
+        pass  # the first session's initial presence
+    await connect("alice@localhost/same")
+    got = await watcher.next_presence()
+    assert (got["from"].full, got["type"]) == ("alice@localhost/same", "unavailable")
+    got = await watcher.next_presence()
+    assert (got["from"].full, got["type"]) == ("alice@localhost/same", "available")
+    got = await bob.next_presence()  # directed-presence cleanup of the old session (§4.6.3)
+    assert (got["from"].full, got["type"]) == ("alice@localhost/same", "unavailable")

@@ -82,6 +82,9 @@ class ConnectionServices(Protocol):
     async def connection_lost(self, session: Session, reason: str) -> None:
         """The connection of a bound session closed (SESSION_LOST, then maybe the end)."""
 
+    async def session_ended(self, session: Session, reason: str) -> None:
+        """End a bound session for good (unbind, unavailable, SESSION_ENDED)."""
+
     def connection_closed(self) -> None:
         """A connection is gone (memory bookkeeping after disconnect storms)."""
 
@@ -499,11 +502,20 @@ class C2SConnection(asyncio.Protocol):
         if session is None or session.username is None:  # pragma: no cover - c2s order
             self.close(StreamError("not-authorized"))
             return
+        sessions = self.services.sessions
         try:
-            jid = self.services.sessions.bind(session, session.username, action.resource)
+            wanted = sessions.full_jid(session, session.username, action.resource)
         except JIDError:
             await self._run(self.stream.bind_failed(action.request, "bad-request", "modify"))
             return
+        old = sessions.get(wanted)
+        if old is not None and old is not session:
+            # RFC 6120 §7.7.2.2: the new session replaces the old one, which ends first like
+            # any other (its unavailable presence, its SESSION_ENDED), so that nothing of
+            # its end can arrive after the new session's presence.
+            old.close(StreamError("conflict", "Replaced by new connection"))
+            await self.services.session_ended(old, "replaced by a new connection")
+        jid = sessions.bind(session, session.username, wanted.resource)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
