@@ -41,6 +41,29 @@ _GROUP = f"{{{NS_ROSTER}}}group"
 _SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
+_NS_NICK = "http://jabber.org/protocol/nick"
+_KEPT_TEXT = 1024  # characters kept of a waiting request's status and nick
+
+
+def _kept_request(element: etree._Element) -> str:
+    """What is kept of a waiting subscription request (§3.1.3): its addresses, id, status and
+    nick (XEP-0172), each text bounded, not whatever payload the sender attached."""
+    kept = etree.Element(f"{{{NS_CLIENT}}}presence", nsmap={None: NS_CLIENT})
+    for name in ("from", "to", "type", "id"):
+        value = element.get(name)
+        if value is not None:
+            kept.set(name, value)
+    for tag in (f"{{{NS_CLIENT}}}status", f"{{{_NS_NICK}}}nick"):
+        child = element.find(tag)
+        if child is not None and child.text:
+            if tag == f"{{{_NS_NICK}}}nick":
+                copy_ = etree.SubElement(kept, tag, nsmap={None: _NS_NICK})
+            else:
+                copy_ = etree.SubElement(kept, tag)
+            copy_.text = child.text[:_KEPT_TEXT]
+    return etree.tostring(kept, encoding="unicode")
+
+
 @dataclass(slots=True)
 class Item:
     """One roster item and its subscription state (RFC 6121 §2.1.2, Appendix A)."""
@@ -242,6 +265,9 @@ class RosterModule(Module):
 
         max_items: int = 1000  # items per roster; more is refused (not-allowed)
         max_name_length: int = 1024  # characters of an item name or group name
+        # Subscription requests from strangers kept waiting for an answer (§3.1.3); more get
+        # resource-constraint. They do not count against max_items.
+        max_pending: int = 100
 
     options: Options
 
@@ -408,7 +434,8 @@ class RosterModule(Module):
         return None
 
     def _check_room(self, roster: Roster, condition: str) -> None:
-        if len(roster.items) >= self.options.max_items:
+        """The user's own items (not strangers' waiting requests) are limited to max_items."""
+        if sum(not item.hidden for item in roster.items.values()) >= self.options.max_items:
             raise StanzaError(condition, f"the roster is full ({self.options.max_items} items)")
 
     async def _remove(self, username: str, key: str) -> None:
@@ -555,8 +582,9 @@ class RosterModule(Module):
             if item is None:
                 if type_ != "subscribe":
                     return True  # no item: no state, nothing delivered (A.3.2-A.3.4 "None")
-                if len(roster.items) >= self.options.max_items:
-                    raise StanzaError("resource-constraint", "the contact's roster is full")
+                waiting = sum(item.hidden for item in roster.items.values())
+                if waiting >= self.options.max_pending:
+                    raise StanzaError("resource-constraint", "too many requests are waiting")
                 item = Item(key, hidden=True)
             if type_ == "subscribe" and not item.from_ and not item.pending_in and item.approved:
                 # §3.4: pre-approved: approve on the user's behalf.
@@ -570,8 +598,12 @@ class RosterModule(Module):
                 # A.3.1 From/Both, and a pre-approval just used: auto-reply "subscribed".
                 outcome.route.append(make("presence", type_="subscribed", from_=user, to=contact))
                 outcome.route.extend(self._current_presence_to(user, contact))
+            request_changed = False
             if type_ == "subscribe" and item.pending_in:
-                item.request = etree.tostring(element, encoding="unicode")
+                request = _kept_request(element)
+                if request != item.request:
+                    item.request = request
+                    request_changed = True
             if type_ == "unsubscribe" and changed:
                 outcome.route.extend(self._unavailable_to(user, contact))  # §3.3.3
             if changed:
@@ -584,6 +616,10 @@ class RosterModule(Module):
                 outcome.ver = roster.ver
                 if not item.hidden:
                     outcome.pushes.append(item)
+            elif request_changed:
+                # A re-sent request (a new status or nick): kept, no state change, no push.
+                roster.items[key] = item
+                await self.put_roster(username, roster)
         await self._finish(username, outcome)
         if deliver:
             for session in self.ctx.sessions.available(user):

@@ -286,16 +286,51 @@ async def test_roster_size_limit(tmp_path: Path) -> None:
         assert error_condition(h.take_one(alice)) == "not-allowed"
         await roster_set(h, alice, "<item jid='x2@example.org' name='update is fine'/>")
         assert h.take_one(alice).get("type") == "result"
-        # A subscription request that would need a new item is refused for a full roster.
+        # Strangers' waiting requests do not count against the user's own items...
         bob = await h.connect("bob@localhost/b", priority=0)
         await h.server.router.route(
             parse_element("<presence from='bob@localhost' to='alice@localhost' type='subscribe'/>")
         )
-        error = h.take_one(bob)
-        assert error.get("type") == "error"
-        assert error_condition(error) == "resource-constraint"
+        assert h.take(bob) == []
+        assert (await module(h).get_roster("alice")).items["bob@localhost"].pending_in
+        # ...but the user cannot add a third contact by subscribing either.
         await h.send(alice, "<presence to='carol@example.org' type='subscribe'/>")
         assert error_condition(h.take_one(alice)) == "not-allowed"
+
+
+async def test_waiting_requests_are_limited_and_kept_small(tmp_path: Path) -> None:
+    """F: a flood of requests from strangers can neither fill the roster nor be replayed in
+    full at every login: at most max_pending wait, each kept as addresses, status and nick."""
+    async with ModuleHarness.started(
+        tmp_path,
+        accounts=("alice", "bob"),
+        modules_enabled=["roster", "presence"],
+        modules={"roster": {"max_pending": 2}},
+    ) as h:
+        bob = await h.connect("bob@localhost/b", priority=0)
+        big = "x" * 5000
+        for sender in ("s1@example.org", "s2@example.org"):
+            await h.server.router.route(
+                parse_element(
+                    f"<presence from='{sender}' to='alice@localhost' type='subscribe'>"
+                    f"<status>{big}</status><nick xmlns='http://jabber.org/protocol/nick'>N</nick>"
+                    f"<junk xmlns='urn:example'>{big}</junk></presence>"
+                )
+            )
+        await h.server.router.route(
+            parse_element("<presence from='bob@localhost' to='alice@localhost' type='subscribe'/>")
+        )
+        assert error_condition(h.take_one(bob)) == "resource-constraint"
+        alice = await h.connect("alice@localhost/a", priority=0, drain=False)
+        requests = [e for e in h.take(alice) if e.get("type") == "subscribe"]
+        assert sorted(r.get("from") for r in requests) == ["s1@example.org", "s2@example.org"]
+        for request in requests:
+            assert len(request.findtext("{jabber:client}status") or "") == 1024
+            assert request.findtext("{http://jabber.org/protocol/nick}nick") == "N"
+            assert request.find("{urn:example}junk") is None
+        # The user's own contacts are not limited by the waiting requests.
+        await roster_set(h, alice, "<item jid='friend@example.org'/>")
+        assert h.take_one(alice).get("type") == "result"
 
 
 # --- subscriptions beyond the tables -----------------------------------------------------
