@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.accounts import AccountError, AccountStore
-from xmppd.errors import StanzaError, StreamError
+from xmppd.errors import StanzaError
 from xmppd.jid import JID, JIDError, prep_localpart
 from xmppd.module_api import IqRequest, Module, PreAuthRequest, Target, iq_handler
 
@@ -241,8 +241,9 @@ class Register(Module):
             raise StanzaError("forbidden", "only the account itself may do this")
 
     async def _remove(self, request: IqRequest) -> None:
-        """§3.2: delete the account, answer, end every session (<not-authorized/>), then delete
-        the account's data (after the sessions, so that nothing written at their end survives)."""
+        """§3.2: delete the account, answer, then end every session (<not-authorized/>), let
+        modules act (ACCOUNT_REMOVED: subscriptions are cancelled) and delete the account's
+        data (after the sessions, so that nothing written at their end survives)."""
         bare = request.from_.bare
         try:
             await self.accounts.delete(bare)  # first: no new login from here on
@@ -256,8 +257,5 @@ class Register(Module):
             reply.set("to", str(request.origin.jid))
             reply.set("from", str(request.to))
             request.origin.send(reply)
-        for session in self.ctx.sessions.sessions(bare):
-            session.close(StreamError("not-authorized", "the account was removed"))
-            await self.ctx.services.session_ended(session, "account removed")
-        await self.accounts.delete_data(bare)
+        await self.ctx.services.account_removed(bare)
         self.ctx.log.info("account %s removed", bare)

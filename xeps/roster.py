@@ -462,6 +462,16 @@ class RosterModule(Module):
             outcome.ver = roster.ver
         await self._finish(username, outcome)
 
+    @hook(ev.ACCOUNT_REMOVED)
+    async def account_removed(self, event: ev.AccountRemoved) -> None:
+        """A deleted account cancels its subscriptions (as removing each item would, §2.5.2),
+        so that a later account of the same name inherits no one's presence."""
+        username = event.jid.local or ""
+        roster = await self.get_roster(username)
+        for key, item in list(roster.items.items()):
+            if not item.hidden:
+                await self._remove(username, key)
+
     # --- presence helpers ------------------------------------------------------------------
     def _current_presence_to(self, bare: JID, contact: JID) -> list[etree._Element]:
         """§3.1.5: the last presence of each available resource, addressed to `contact`."""

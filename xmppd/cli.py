@@ -220,10 +220,14 @@ async def _accounts_verb(config: Config, args: argparse.Namespace) -> int:
             print(f"password changed for {jid}")
         elif args.verb == "deluser":
             await accounts.delete(jid)
-            await admin.call(config.admin_socket, {"cmd": "account_changed", "jid": str(jid)})
-            reply = await admin.call(config.admin_socket, {"cmd": "end_sessions", "jid": str(jid)})
-            ended = reply.get("ended", 0) if reply else 0
-            await accounts.delete_data(jid)  # after the sessions: nothing they write survives
+            # A running server ends the sessions, lets its modules act (subscriptions are
+            # cancelled) and deletes the account's data; without one, it is deleted here.
+            reply = await admin.call(
+                config.admin_socket, {"cmd": "account_removed", "jid": str(jid)}
+            )
+            ended = reply.get("ended", 0) if reply and reply.get("ok") else 0
+            if reply is None or not reply.get("ok"):
+                await accounts.delete_data(jid)
             print(f"deleted {jid}" + (f" (ended {ended} session(s))" if ended else ""))
         return 0
     except AccountError as exc:

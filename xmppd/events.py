@@ -186,6 +186,14 @@ class SessionEnded:
 
 
 @dataclass(slots=True)
+class AccountRemoved:
+    """A local account was deleted and its sessions ended; its stored data goes right after
+    the handlers ran (they may still read it, e.g. to cancel subscriptions)."""
+
+    jid: JID  # the account's bare JID
+
+
+@dataclass(slots=True)
 class Shutdown:
     """The server is stopping; handlers may await (flush state) before storage closes."""
 
@@ -224,6 +232,7 @@ SESSION_UNAVAILABLE: NotifyKey[SessionEvent] = NotifyKey("session/unavailable")
 SESSION_LOST: ChainKey[SessionEvent] = ChainKey("session/lost")
 SESSION_ENDED: NotifyKey[SessionEnded] = NotifyKey("session/ended")
 SHUTDOWN: NotifyKey[Shutdown] = NotifyKey("server/shutdown")
+ACCOUNT_REMOVED: NotifyKey[AccountRemoved] = NotifyKey("account/removed")
 
 # The roster module answers this (see RosterQuery): presence broadcast, probes, disco access.
 ROSTER_QUERY: ChainKey[RosterQuery] = ChainKey("roster/query")

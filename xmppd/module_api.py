@@ -137,6 +137,9 @@ class ServerServices(Protocol):
     async def session_ended(self, session: Session, reason: str) -> None:
         """End a bound session."""
 
+    async def account_removed(self, jid: JID) -> int:
+        """A deleted account: end its sessions, fire ACCOUNT_REMOVED, delete its data."""
+
     def server_version(self) -> str:
         """The server software version."""
 

@@ -73,7 +73,7 @@ class Server:
         self._closed_since_collect = 0
         self._peak_connections = 0
         self._discarded = 0  # parsers the pool could not take since the last collection
-        self._trim_again = False
+        self._settling = 0  # sweeps that still collect after a storm
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,6 +130,7 @@ class Server:
             {
                 "end_sessions": self._admin_end_sessions,
                 "account_changed": self._admin_account_changed,
+                "account_removed": self._admin_account_removed,
                 "status": self._admin_status,
                 "announce": self._admin_announce,
             },
@@ -189,25 +190,25 @@ class Server:
     def _reclaim(self, hibernated: int, pruned: int) -> None:
         """Closed connections and parsers the full pool could not take are reference cycles,
         freed only by a full collection (tens of ms at 19,000 streams): one runs once a
-        quarter of the connections (at least 500) or 2,000 such parsers are gone. Freed memory
-        goes back to the OS only when the heap is trimmed: after that collection, or after
-        enough streams hibernated. A storm's cached credentials expire later (the cache TTL):
-        their memory is given back then."""
+        quarter of the connections (at least 500) or 2,000 such parsers are gone, and again
+        on the next two sweeps after a storm (its tail, and the sessions ended after the
+        first one). Freed memory goes back to the OS only when the heap is trimmed: after
+        each collection, or after enough streams hibernated. A storm's cached credentials
+        expire later (the cache TTL): their memory is given back then."""
         self._discarded += take_discarded()
         closed, peak = self._closed_since_collect, self._peak_connections
-        if closed >= max(500, peak // 4) or self._discarded >= _COLLECT_DISCARDED:
+        storm = closed >= max(500, peak // 4)
+        if storm or self._discarded >= _COLLECT_DISCARDED or self._settling or pruned >= 500:
+            if storm:
+                drain_pool()  # a storm's parsers would pin the allocator's arenas
+                self._settling = 2
+            elif self._settling:
+                self._settling -= 1
             self._closed_since_collect = self._discarded = 0
             self._peak_connections = len(self.connections)
-            if closed >= max(500, peak // 4):
-                drain_pool()  # a storm's parsers would pin the allocator's arenas
             gc.collect()
             _trim_heap()
-            self._trim_again = True  # what the collection's finalizers free comes later
-        elif pruned >= 500:
-            gc.collect()
-            _trim_heap()
-        elif hibernated >= _TRIM_AFTER or self._trim_again:
-            self._trim_again = False
+        elif hibernated >= _TRIM_AFTER:
             _trim_heap()
 
     # --- TLS -------------------------------------------------------------------------------
@@ -266,6 +267,20 @@ class Server:
             ev.SESSION_LOST, ev.SessionEvent(session)
         ):
             await self.session_ended(session, reason)
+
+    async def account_removed(self, jid: JID) -> int:
+        """A deleted account (its credentials are gone): end its sessions (<not-authorized/>),
+        let modules act (ACCOUNT_REMOVED: the roster cancels subscriptions), then delete
+        everything stored for it. Returns how many sessions were ended."""
+        sessions = self.sessions.sessions(jid)
+        for session in sessions:
+            session.close(StreamError("not-authorized", "the account was removed"))
+            await self.session_ended(session, "account removed")
+        host = self.hosts.get(jid.domain)
+        if host is not None:
+            await host.bus.notify(ev.ACCOUNT_REMOVED, ev.AccountRemoved(jid))
+        await self.accounts.delete_data(jid)
+        return len(sessions)
 
     async def session_ended(self, session: Session, reason: str) -> None:
         """Unbind; broadcast unavailable for a session that did not say so (RFC 6121 §4.6)."""
@@ -332,6 +347,17 @@ class Server:
         for session in sessions:
             session.close(StreamError("not-authorized", "account removed"))
         return {"ok": True, "ended": len(sessions)}
+
+    async def _admin_account_removed(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jid = JID.parse(str(request.get("jid", "")))
+        except JIDError as exc:
+            return {"ok": False, "error": str(exc)}
+        if jid.local is None or jid.domain not in self.local_domains:
+            return {"ok": False, "error": f"{jid} is not an account of this server"}
+        self.accounts.forget(jid.domain, jid.local)
+        ended = await self.account_removed(jid.bare)
+        return {"ok": True, "ended": ended}
 
     async def _admin_account_changed(self, request: dict[str, Any]) -> dict[str, Any]:
         try:

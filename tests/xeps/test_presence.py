@@ -326,3 +326,26 @@ async def test_presence_handled_after_its_session_ended_changes_nothing(
     assert gone.available is False
     assert h.take(sibling) == []
     assert h.server.sessions.get(gone.full_jid) is None
+
+
+async def test_a_removed_account_cancels_its_subscriptions(h: ModuleHarness) -> None:
+    """Deleting alice (in-band or `xmppd deluser`) cancels both ways of her subscriptions, as
+    removing each roster item would (RFC 6121 §2.5.2): a new account of the same name
+    inherits no one's presence, and bob's roster no longer shares presence with the name."""
+    await link(h, "alice", "bob", "both")
+    alice = await h.connect("alice@localhost/a", priority=0)
+    bob = await h.connect("bob@localhost/b", priority=0)
+    h.take(bob)
+    await h.server.accounts.delete(alice.full_jid.bare)
+    assert await h.server.account_removed(alice.full_jid.bare) == 1
+    got = h.take(bob)
+    assert {p.get("type") for p in got if p.get("from", "").startswith("alice@")} >= {
+        "unavailable",
+        "unsubscribe",
+        "unsubscribed",
+    }
+    item = (await cast(RosterModule, h.host().modules["roster"]).get_roster("bob")).items
+    assert not item["alice@localhost"].to
+    assert not item["alice@localhost"].from_
+    assert await cast(RosterModule, h.host().modules["roster"]).get_roster("alice") is not None
+    assert (await cast(RosterModule, h.host().modules["roster"]).get_roster("alice")).items == {}
