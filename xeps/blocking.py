@@ -155,6 +155,9 @@ class Blocking(Module):
         username = event.session.username or ""
         if username not in self._loaded:
             items = await self.blocklist(username)
+            jid = event.session.jid
+            if jid is None or not self.ctx.sessions.has_sessions(jid.bare):
+                return  # the session ended during the read: nothing would uncache it
             self._loaded.add(username)
             self._cache(username, items)
 
@@ -217,10 +220,17 @@ class Blocking(Module):
         remaining = current - frozenset(items) if items else frozenset()
         await self._save(username, remaining)
         self._push(request.to.bare, "unblock", items)
-        await self._presence_to(request.to.bare, list(current - remaining), True)
+        await self._presence_to(request.to.bare, list(current - remaining), True, remaining)
 
-    async def _presence_to(self, user: JID, items: list[JID], available: bool) -> None:
-        """Unavailable (on block) or current presence (on unblock) to subscribed contacts."""
+    async def _presence_to(
+        self,
+        user: JID,
+        items: list[JID],
+        available: bool,
+        still_blocked: frozenset[JID] = frozenset(),
+    ) -> None:
+        """Unavailable (on block) or current presence (on unblock) to subscribed contacts
+        (none to a contact another item still blocks)."""
         sessions = [s for s in self.ctx.sessions.available(user) if s.jid is not None]
         if not items or not sessions:
             return
@@ -230,7 +240,9 @@ class Blocking(Module):
         contacts = [
             contact
             for contact, sub in query.subscriptions.items()
-            if sub in ("from", "both") and any(matches(item, contact) for item in items)
+            if sub in ("from", "both")
+            and any(matches(item, contact) for item in items)
+            and not any(matches(item, contact) for item in still_blocked)
         ]
         for contact in contacts:
             for session in sessions:
