@@ -237,12 +237,21 @@ class Blocking(Module):
         query = ev.RosterQuery(user)
         if not await self.ctx.fire(ev.ROSTER_QUERY, query):
             return
+        subscribers = {c for c, sub in query.subscriptions.items() if sub in ("from", "both")}
         contacts = [
             contact
-            for contact, sub in query.subscriptions.items()
-            if sub in ("from", "both")
-            and any(matches(item, contact) for item in items)
+            for contact in subscribers
+            if any(matches(item, contact) for item in items)
             and not any(matches(item, contact) for item in still_blocked)
+        ]
+        # A blocked full JID of a subscriber is one resource of it: that one is told.
+        contacts += [
+            item
+            for item in items
+            if item.resource is not None
+            and item.bare in subscribers
+            and item.bare not in contacts
+            and not any(matches(other, item) for other in still_blocked)
         ]
         for contact in contacts:
             for session in sessions:

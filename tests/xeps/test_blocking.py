@@ -326,3 +326,20 @@ async def test_a_blocked_user_cannot_pass_as_the_servers_own_refusal(
         forged = forged.replace("<body>sneaked in</body>", "")
     await h.send(bob, forged)
     assert h.take(alice) == []
+
+
+async def test_blocking_one_resource_of_a_subscriber_sends_it_unavailable(
+    h: ModuleHarness, alice: Session, bob: Session
+) -> None:
+    """XEP-0191 §3.3: the blocked entity gets unavailable, also when it is a full JID."""
+    await h.load(FakeRoster)
+    other = await h.connect("bob@localhost/phone", priority=0)
+    await h.send(alice, "<presence><status>here</status></presence>")
+    h.take(alice)
+    h.take(bob)
+    h.take(other)
+    await h.send(alice, block("bob@localhost/work"))
+    (unavailable,) = h.take(bob)
+    assert unavailable.get("type") == "unavailable"
+    assert unavailable.get("from") == "alice@localhost/home"
+    assert h.take(other) == []  # bob's other resource is not blocked
