@@ -131,24 +131,30 @@ class Offline(Module):
             return
         self._held[session.id] = []
         try:
-            items = await self.store.items(user)
-            for item in items:
-                if not await self._writable(session):
-                    break  # the rest stays stored for the next flush
-                inflight = self._inflight.setdefault(user, set())
-                if item.key in inflight:
-                    continue  # another resource's flush is handing it out
-                inflight.add(item.key)
-                try:
-                    element = etree.fromstring(item.value.encode(), _PARSER)
-                except etree.XMLSyntaxError:
-                    self.ctx.log.error(
-                        "unreadable offline message %s of %s dropped", item.key, user
-                    )
-                    self._delivered(user, item.key)
-                    continue
-                add_delay(element, self.ctx.host.domain, item.when, DELAY_REASON)
-                self._deliver(session, element, functools.partial(self._delivered, user, item.key))
+            # Read again until nothing new is found: a message whose storing finished while
+            # this flush ran (routed before the presence) is delivered now, not next login.
+            handed = True
+            while handed:
+                handed = False
+                for item in await self.store.items(user):
+                    inflight = self._inflight.setdefault(user, set())
+                    if item.key in inflight:
+                        continue  # handed out already (here, or by another resource's flush)
+                    if not await self._writable(session):
+                        return  # the rest stays stored for the next flush
+                    inflight.add(item.key)
+                    handed = True
+                    try:
+                        element = etree.fromstring(item.value.encode(), _PARSER)
+                    except etree.XMLSyntaxError:
+                        self.ctx.log.error(
+                            "unreadable offline message %s of %s dropped", item.key, user
+                        )
+                        self._delivered(user, item.key)
+                        continue
+                    add_delay(element, self.ctx.host.domain, item.when, DELAY_REASON)
+                    done = functools.partial(self._delivered, user, item.key)
+                    self._deliver(session, element, done)
         finally:
             held = self._held.pop(session.id, [])
             for element in held:

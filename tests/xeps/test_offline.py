@@ -307,3 +307,33 @@ async def test_a_chat_state_with_no_store_is_dropped_without_an_error(
     )
     assert h.take(alice) == []
     assert await stored(h) == []
+
+
+class _AppendDuringFirstRead:
+    """The offline store, where a message's storing completes while the first flush reads."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def items(self, user: str, **kwargs: object) -> list[ArchiveItem]:
+        result: list[ArchiveItem] = await self._store.items(user, **kwargs)  # type: ignore[attr-defined]
+        self.reads += 1
+        if self.reads == 1:
+            late = "<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>late</body></message>"
+            await self._store.append(user, late, with_jid="alice@localhost", when=1.0)  # type: ignore[attr-defined]
+        return result
+
+
+async def test_a_message_stored_while_the_flush_runs_is_delivered_by_that_flush(
+    h: ModuleHarness, alice: Session
+) -> None:
+    await h.send(alice, "<message to='bob@localhost' type='chat'><body>first</body></message>")
+    module = offline(h)
+    module.store = _AppendDuringFirstRead(module.store)  # type: ignore[assignment]
+    bob = await h.connect("bob@localhost/phone", priority=0, drain=False)
+    messages = [e for e in h.take(bob) if e.tag == "{jabber:client}message"]
+    assert [e.findtext(BODY) for e in messages] == ["first", "late"]
