@@ -172,9 +172,7 @@ class Blocking(Module):
     # --- protocol -------------------------------------------------------------------------
     @staticmethod
     def _own(request: IqRequest) -> str:
-        if request.from_.bare != request.to.bare or request.to.local is None:
-            raise StanzaError("forbidden", "a block list belongs to its account only")
-        return request.to.local
+        return request.own_account("its block list")
 
     @iq_handler("get", NS_BLOCKING, "blocklist", to=Target.ACCOUNT)
     async def get_list(self, request: IqRequest) -> etree._Element:

@@ -49,8 +49,7 @@ class Private(Module):
 
     @staticmethod
     def _children(request: IqRequest) -> list[etree._Element]:
-        if request.from_.bare != request.to.bare:
-            raise StanzaError("forbidden", "private data belongs to its account only")
+        request.own_account("its private data")
         children = [c for c in request.payload if isinstance(c.tag, str)]
         if not children:
             raise StanzaError("not-acceptable", "the query must contain a namespaced element")

@@ -237,8 +237,7 @@ class Register(Module):
 
     @staticmethod
     def _own(request: IqRequest) -> None:
-        if request.from_.bare != request.to.bare:
-            raise StanzaError("forbidden", "only the account itself may do this")
+        request.own_account("its registration")
 
     async def _remove(self, request: IqRequest) -> None:
         """§3.2: delete the account, answer, then end every session (<not-authorized/>), let

@@ -361,9 +361,7 @@ class RosterModule(Module):
     @staticmethod
     def _check_own(request: IqRequest) -> str:
         # §2.1.5 / §2.3.3: only the account itself reads or changes its roster.
-        if request.from_.bare != request.to.bare or request.to.local is None:
-            raise StanzaError("forbidden", "not your roster")
-        return request.to.local
+        return request.own_account("its roster")
 
     @iq_handler("get", NS_ROSTER, "query", to=Target.ACCOUNT)
     async def roster_get(self, request: IqRequest) -> etree._Element | None:
@@ -432,6 +430,21 @@ class RosterModule(Module):
             outcome.ver = roster.ver
         await self._finish(username, outcome)
         return None
+
+    async def _store_change(
+        self, username: str, roster: Roster, item: Item, outcome: _Outcome
+    ) -> None:
+        """Store an item whose subscription state changed (a hidden one with nothing pending
+        goes), with a new roster version; a visible item is pushed (§2.1.6)."""
+        if item.hidden and not item.pending_in:
+            roster.items.pop(item.jid, None)
+        else:
+            roster.items[item.jid] = item
+        roster.counter += 1
+        await self.put_roster(username, roster)
+        outcome.ver = roster.ver
+        if not item.hidden:
+            outcome.pushes.append(item)
 
     def _check_room(self, roster: Roster, condition: str) -> None:
         """The user's own items (not strangers' waiting requests) are limited to max_items."""
@@ -530,15 +543,7 @@ class RosterModule(Module):
                 item.hidden = False
             dirty = changed or approval_changed
             if dirty:
-                if item.hidden and not item.pending_in:
-                    roster.items.pop(key, None)
-                else:
-                    roster.items[key] = item
-                roster.counter += 1
-                await self.put_roster(username, roster)
-                outcome.ver = roster.ver
-                if key in roster.items and not item.hidden:
-                    outcome.pushes.append(item)
+                await self._store_change(username, roster, item, outcome)
             # Routing: subscribe/unsubscribe always (the contact's server may have lost
             # sync); subscribed/unsubscribed only when they changed the state (§3.1.5, §3.2.2).
             if type_ in ("subscribe", "unsubscribe") or changed:
@@ -617,15 +622,7 @@ class RosterModule(Module):
             if type_ == "unsubscribe" and changed:
                 outcome.route.extend(self._unavailable_to(user, contact))  # §3.3.3
             if changed:
-                if item.hidden and not item.pending_in:
-                    roster.items.pop(key, None)
-                else:
-                    roster.items[key] = item
-                roster.counter += 1
-                await self.put_roster(username, roster)
-                outcome.ver = roster.ver
-                if not item.hidden:
-                    outcome.pushes.append(item)
+                await self._store_change(username, roster, item, outcome)
             elif request_changed:
                 # A re-sent request (a new status or nick): kept, no state change, no push.
                 roster.items[key] = item

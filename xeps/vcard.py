@@ -64,8 +64,7 @@ class VCard(Module):
     @iq_handler("set", NS_VCARD, "vCard", to=Target.ACCOUNT)
     async def set(self, request: IqRequest) -> None:
         """Only the account itself may change its vCard."""
-        if request.from_.bare != request.to.bare:
-            raise StanzaError("forbidden", "only the owner may change a vCard")
+        request.own_account("its vCard")
         data = etree.tostring(request.payload)
         if len(data) > self.options.max_size:
             raise StanzaError(

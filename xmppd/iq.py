@@ -52,6 +52,18 @@ class IqRequest:
         """The addressed JID (host or account bare JID)."""
         return self.stanza.to or self.stanza.from_.bare
 
+    def own_account(self, what: str = "this") -> str:
+        """The username, when an account asks about itself (its roster, block list, private
+        data, ...); anyone else gets <forbidden/>.
+
+        Raises:
+            StanzaError: forbidden, naming `what`.
+        """
+        to = self.to
+        if self.from_.bare != to.bare or to.local is None:
+            raise StanzaError("forbidden", f"only the account itself may access {what}")
+        return to.local
+
 
 IqHandler = Callable[[IqRequest], Awaitable["etree._Element | None"]]
 
