@@ -145,8 +145,13 @@ def _release(parser: etree.XMLPullParser, end_tag: bytes | None) -> None:
     if poolable and len(_POOL) < POOL_MAX:
         _POOL.append(parser)
     else:
-        global _discarded  # a process-wide counter, read by the server
-        _discarded += 1
+        _discard()
+
+
+def _discard() -> None:
+    """A parser is left to the cyclic GC (counted for the server's reclaim)."""
+    global _discarded  # a process-wide counter, read by the server
+    _discarded += 1
 
 
 def _qualified_name(root: etree._Element) -> str:
@@ -163,7 +168,8 @@ def drain_pool() -> int:
 
 
 def take_discarded() -> int:
-    """How many parsers were left to the cyclic GC since the last call (the pool was full)."""
+    """How many parsers were left to the cyclic GC since the last call (the pool was full, or
+    the parser could not be brought back to an empty element stack)."""
     global _discarded
     count, _discarded = _discarded, 0
     return count
@@ -223,8 +229,7 @@ class StreamParser:
         elif self._depth == 0:
             _release(parser, f"</{_qualified_name(root)}>".encode())
         else:  # mid-stanza: open elements we cannot name cheaply; let the GC have it
-            global _discarded
-            _discarded += 1
+            _discard()
 
     def reset(self) -> None:
         """Forget the current stream and expect a new header (RFC 6120 §4.3.3 restart)."""
