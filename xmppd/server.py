@@ -128,7 +128,6 @@ class Server:
         self._admin = AdminServer(
             self.config.admin_socket,
             {
-                "end_sessions": self._admin_end_sessions,
                 "account_changed": self._admin_account_changed,
                 "account_removed": self._admin_account_removed,
                 "status": self._admin_status,
@@ -338,16 +337,6 @@ class Server:
         return __version__
 
     # --- admin commands --------------------------------------------------------------------
-    async def _admin_end_sessions(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            jid = JID.parse(str(request.get("jid", "")))
-        except JIDError as exc:
-            return {"ok": False, "error": str(exc)}
-        sessions = self.sessions.sessions(jid.bare)
-        for session in sessions:
-            session.close(StreamError("not-authorized", "account removed"))
-        return {"ok": True, "ended": len(sessions)}
-
     async def _admin_account_removed(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             jid = JID.parse(str(request.get("jid", "")))
