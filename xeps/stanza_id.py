@@ -66,9 +66,13 @@ class StanzaIds(Module):
             jid.domain in self._domains or jid.domain == self.ctx.host.domain
         )
 
+    def _within_lease(self) -> bool:
+        """Whether the next id is safely below the persisted lease (no write needed)."""
+        return self.ids.peek() + RENEW_MARGIN_US <= self._lease
+
     async def next_id(self) -> str:
         """A new id; first extends the persisted lease when the counter comes near it."""
-        while self.ids.peek() + RENEW_MARGIN_US > self._lease:
+        while not self._within_lease():
             async with self._renewing:
                 wanted = self.ids.peek() + RENEW_MARGIN_US
                 if wanted > self._lease:
@@ -101,10 +105,9 @@ class StanzaIds(Module):
         to = event.to
         if (event.stanza.type or "normal") not in STAMPED_TYPES or to.local is None:
             return False
-        ids = self.ids
-        if self.ctx.sessions.has_sessions(to.bare) and ids.peek() + RENEW_MARGIN_US <= self._lease:
+        if self.ctx.sessions.has_sessions(to.bare) and self._within_lease():
             # Every id in our name is gone by now (is_ours covers the account's bare JID).
-            stamp_stanza_id(element, str(to.bare), ids.next(), replace=False)
+            stamp_stanza_id(element, str(to.bare), self.ids.next(), replace=False)
             return False
         return self._stamp_later(element, to)
 
