@@ -41,8 +41,22 @@ class Host:
         self.stream_features: list[StreamFeatureProvider] = []
         self.nonza_handlers: dict[str, NonzaHandler] = {}
         self.pre_auth = PreAuthRegistry()
-        self.send_filters: list[SendFilter] = []
+        self.send_filters: list[SendFilter] = []  # in priority order (see add_send_filter)
+        self._send_filter_priority: dict[SendFilter, int] = {}
         self.modules: dict[str, object] = {}
+
+    def add_send_filter(self, send_filter: SendFilter, priority: int) -> None:
+        """Add a send filter; higher priority runs first, equal ones in the order added."""
+        self._send_filter_priority[send_filter] = priority
+        # Rebuilt, not changed in place: a send in progress keeps the list it started with.
+        self.send_filters = sorted(
+            [*self.send_filters, send_filter], key=lambda f: -self._send_filter_priority[f]
+        )
+
+    def remove_send_filter(self, send_filter: SendFilter) -> None:
+        """Remove a send filter (no error if absent)."""
+        self._send_filter_priority.pop(send_filter, None)
+        self.send_filters = [f for f in self.send_filters if f != send_filter]
 
     @property
     def is_local(self) -> bool:

@@ -137,6 +137,13 @@ class ServerServices(Protocol):
     async def session_ended(self, session: Session, reason: str) -> None:
         """End a bound session."""
 
+    def commit_barrier(self) -> Awaitable[None] | None:
+        """Done once every storage write issued so far is committed (None: nothing pending).
+
+        Stream management waits on it before acknowledging stanzas, so an ack never covers a
+        stanza whose storage a crash could still lose.
+        """
+
     async def account_removed(self, jid: JID) -> int:
         """A deleted account: end its sessions, fire ACCOUNT_REMOVED, delete its data."""
 
@@ -271,10 +278,14 @@ class ModuleContext:
         self.host.pre_auth.add_handler(type_, tag, handler)
         self._undo.append(lambda: self.host.pre_auth.remove_handler(type_, tag, handler))
 
-    def add_send_filter(self, send_filter: SendFilter) -> None:
-        """See (and possibly consume) every stanza sent to a session of this host."""
-        self.host.send_filters.append(send_filter)
-        self._undo.append(lambda: self.host.send_filters.remove(send_filter))
+    def add_send_filter(self, send_filter: SendFilter, priority: int = Priority.NORMAL) -> None:
+        """See (and possibly consume) every stanza sent to a session of this host.
+
+        Filters run by priority, highest first: e.g. client state indication holds stanzas
+        (NORMAL) before stream management counts what reaches the wire (LOW).
+        """
+        self.host.add_send_filter(send_filter, priority)
+        self._undo.append(lambda: self.host.remove_send_filter(send_filter))
 
     def add_feature(self, var: str, scope: Scope = Scope.HOST) -> None:
         """Advertise a disco feature."""

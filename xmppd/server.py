@@ -12,7 +12,7 @@ import logging
 import os
 import resource
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +309,10 @@ class Server:
     async def account_exists(self, host: str, username: str) -> bool:
         """Whether a local account exists (always asks storage: no cached absence)."""
         return host in self.local_domains and await self.accounts.exists(host, username)
+
+    def commit_barrier(self) -> Awaitable[None] | None:
+        """Done once every storage write issued so far is committed (None: nothing pending)."""
+        return self.storage.barrier() if self.storage is not None else None
 
     def keyvalue(self, host: str, store: str) -> KeyValueStore:
         """A key-value store of a host."""

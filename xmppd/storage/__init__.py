@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeAlias, cast
@@ -192,6 +192,13 @@ class Storage(Protocol):
     async def delete_user_data(self, host: str, user: str) -> int:
         """Remove ``user``'s entries of every store of ``host`` (a deleted account's data);
         returns once committed, with the number removed."""
+        ...
+
+    def barrier(self) -> Awaitable[None] | None:
+        """An awaitable done once every write issued so far is committed (or has failed);
+        None when nothing is pending. Unlike `flush`, it never waits for writes issued
+        later, so a steady stream of writes cannot starve it (stream management's acks wait
+        on it)."""
         ...
 
 

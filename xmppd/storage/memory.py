@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from xmppd.storage import (
     ArchiveItem,
@@ -69,6 +69,10 @@ class MemoryStorage:
     async def flush(self) -> None:
         """Return at once: every write is committed when it returns."""
         self.check_open()
+
+    def barrier(self) -> Awaitable[None] | None:
+        """Nothing is ever pending here."""
+        return None
 
     def keyvalue(self, host: str, store: str) -> KeyValueStore:
         """Return the key-value store named ``store`` of ``host``."""

@@ -159,6 +159,11 @@ class SqliteStorage:
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
+        # Writes issued and writes finished (committed or failed), and barrier() waiters by
+        # the issued count they wait for: batches finish in order, so a count is enough.
+        self._issued = 0
+        self._finished = 0
+        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -215,6 +220,26 @@ class SqliteStorage:
         self._check_open()
         await self._wait_for_writer()
 
+    def barrier(self) -> asyncio.Future[None] | None:
+        """A future done once every write issued so far has finished; None if none is pending."""
+        if self._finished >= self._issued:
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.append((self._issued, future))
+        return future
+
+    def _release_barriers(self) -> None:
+        if not self._barriers:
+            return
+        waiting = []
+        for mark, future in self._barriers:
+            if mark <= self._finished:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((mark, future))
+        self._barriers = waiting
+
     def keyvalue(self, host: str, store: str) -> KeyValueStore:
         """Return the key-value store named ``store`` of ``host``."""
         self._check_open()
@@ -253,6 +278,7 @@ class SqliteStorage:
         self._check_open()
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending.append(_Write(fn, future))
+        self._issued += 1
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain(), name=f"sqlite writer {self.path}")
         # If the caller is cancelled, the write still happens (it was issued); only the
@@ -303,6 +329,8 @@ class SqliteStorage:
                                 StorageError(f"sqlite storage {self.path}: writer stopped")
                             )
                     self._pending.clear()
+                    self._finished = self._issued
+                    self._release_barriers()
                     raise
                 # aiosqlite's worker keeps its last call (and so this list) referenced until
                 # the next one: drop the ops, so an idle server keeps none of its last batch.
@@ -315,6 +343,8 @@ class SqliteStorage:
                         write.future.set_exception(self._storage_error(outcome.error))
                     else:
                         write.future.set_result(outcome)
+                self._finished += len(batch)
+                self._release_barriers()
         finally:
             self._writer = None
 

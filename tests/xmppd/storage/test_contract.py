@@ -251,6 +251,31 @@ async def test_flush_waits_for_writes_in_flight(storage: Storage, kv: KeyValueSt
     await asyncio.gather(*tasks)
 
 
+async def test_barrier_covers_writes_issued_before_it_only(
+    storage: Storage, kv: KeyValueStore
+) -> None:
+    assert storage.barrier() is None  # nothing pending
+    first = [asyncio.create_task(kv.set("alice", f"k{i}", i)) for i in range(20)]
+    await asyncio.sleep(0)  # let the tasks issue their writes
+    barrier = storage.barrier()
+    later = [asyncio.create_task(kv.set("bob", f"k{i}", i)) for i in range(20)]
+    if barrier is not None:
+        await barrier
+    assert len(await kv.keys("alice")) == 20
+    await asyncio.gather(*first, *later)
+    assert storage.barrier() is None
+
+
+async def test_barrier_is_released_by_a_failed_write(storage: Storage, kv: KeyValueStore) -> None:
+    task = asyncio.create_task(kv.set("alice", "k", float("nan")))
+    await asyncio.sleep(0)
+    barrier = storage.barrier()
+    if barrier is not None:
+        await barrier
+    with pytest.raises(StorageError):
+        await task
+
+
 # -- archive -------------------------------------------------------------------------------------
 
 
