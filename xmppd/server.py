@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -179,9 +180,11 @@ class Server:
             await asyncio.sleep(interval)
             pruned = self.accounts.prune()
             hibernated = 0
+            now = time.monotonic()
             for conn in list(self.connections):
                 if conn.active:
                     conn.active = False
+                    conn.active_at = now
                 elif conn.hibernate():
                     hibernated += 1
             self._reclaim(hibernated, pruned)

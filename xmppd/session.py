@@ -40,6 +40,9 @@ class SessionTransport(Protocol):
     def buffered(self) -> int:
         """Output bytes held for the client, not yet taken by the kernel."""
 
+    def idle_time(self) -> float:
+        """Seconds since the client last sent anything (to within a second or so)."""
+
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes log lines with the session id and JID (Prosody-style per-session logger)."""

@@ -95,6 +95,7 @@ class FakeConnection:
         self.sent: list[etree._Element] = []
         self.closed = False
         self.close_error: StreamError | None = None
+        self.idle = 0.0  # what idle_time() reports; tests set it
 
     def send_element(self, element: etree._Element) -> None:
         """Record a snapshot of the element as it would go on the wire."""
@@ -102,6 +103,9 @@ class FakeConnection:
 
     def buffered(self) -> int:
         return 0
+
+    def idle_time(self) -> float:
+        return self.idle
 
     def close(self, error: StreamError | None = None) -> None:
         """Record the close (and the stream error, if any)."""

@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -167,6 +168,7 @@ class C2SConnection(asyncio.Protocol):
         "_task",
         "_timer",
         "active",
+        "active_at",
         "config",
         "direct_tls",
         "parser",
@@ -204,6 +206,7 @@ class C2SConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._queue: deque[ParseEvent] | None = None  # only while events are pending
         self.active = True  # saw input since the last idle sweep
+        self.active_at = time.monotonic()  # the last sweep that found input (see idle_time)
         self._busy = False
         self._task: asyncio.Task[None] | None = None
         self._paused = False
@@ -602,6 +605,10 @@ class C2SConnection(asyncio.Protocol):
     def closed(self) -> bool:
         """Closed or closing: nothing sent now reaches the client."""
         return self._closed
+
+    def idle_time(self) -> float:
+        """Seconds without input from the client, to within one idle sweep."""
+        return 0.0 if self.active else time.monotonic() - self.active_at
 
     def buffered(self) -> int:
         """Output bytes held for this client (not yet taken by the kernel)."""
