@@ -112,12 +112,15 @@ class StanzaError(Exception):
 class StreamError(Exception):
     """A stream-level error (RFC 6120 §4.9): the stream is closed after sending it."""
 
-    def __init__(self, condition: str, text: str | None = None) -> None:
+    def __init__(
+        self, condition: str, text: str | None = None, *, app: etree._Element | None = None
+    ) -> None:
         if condition not in STREAM_CONDITIONS:
             raise ValueError(f"unknown stream error condition {condition!r}")
         super().__init__(condition if text is None else f"{condition}: {text}")
         self.condition = condition
         self.text = text
+        self.app = app  # RFC 6120 §4.9.4: an application-specific condition element
 
     def to_element(self) -> etree._Element:
         """Build ``<stream:error/>``."""
@@ -131,6 +134,8 @@ class StreamError(Exception):
             )
             text.set(XML_LANG, "en")
             text.text = self.text
+        if self.app is not None:
+            err.append(self.app)
         return err
 
     def to_bytes(self) -> bytes:

@@ -263,10 +263,14 @@ class Server:
         self._closed_since_collect += 1
         self._peak_connections = max(self._peak_connections, len(self.connections) + 1)
 
-    async def connection_lost(self, session: Session, reason: str) -> None:
-        """A bound session lost its connection: a module may keep it detached (SESSION_LOST)."""
-        if self._stopping or not await session.host.bus.chain(
-            ev.SESSION_LOST, ev.SessionEvent(session)
+    async def connection_lost(self, session: Session, reason: str, *, resumable: bool) -> None:
+        """A bound session lost its connection: a module may keep it detached (SESSION_LOST),
+        unless the stream was closed on purpose (`resumable` False: the client closed it, or
+        the server did with a stream error), which ends the session."""
+        if (
+            self._stopping
+            or not resumable
+            or not await session.host.bus.chain(ev.SESSION_LOST, ev.SessionEvent(session))
         ):
             await self.session_ended(session, reason)
 

@@ -43,6 +43,12 @@ class SessionTransport(Protocol):
     def idle_time(self) -> float:
         """Seconds since the client last sent anything (to within a second or so)."""
 
+    def adopt(self, session: Session) -> None:
+        """Carry `session` from now on (stream management resumption on a new connection)."""
+
+    async def quiesce(self) -> None:
+        """Stop reading, let the stanza being processed finish, then close the stream."""
+
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes log lines with the session id and JID (Prosody-style per-session logger)."""

@@ -107,6 +107,14 @@ class FakeConnection:
     def idle_time(self) -> float:
         return self.idle
 
+    def adopt(self, session: Session) -> None:
+        """Carry `session` (resumption)."""
+        session.attach(self)
+
+    async def quiesce(self) -> None:
+        """Close, as a connection resumed elsewhere does."""
+        self.close()
+
     def close(self, error: StreamError | None = None) -> None:
         """Record the close (and the stream error, if any)."""
         self.closed = True

@@ -122,9 +122,19 @@ class RawClient:
         await self.writer.start_tls(client_context(), server_hostname="localhost")
 
     async def login(
-        self, user: str, password: str, resource: str | None = "raw", tls: bool = True
+        self,
+        user: str,
+        password: str,
+        resource: str | None = "raw",
+        tls: bool = True,
+        *,
+        bind: bool = True,
     ) -> str:
-        """STARTTLS (unless already on TLS), SASL PLAIN, bind; returns the bound JID."""
+        """STARTTLS (unless already on TLS), SASL PLAIN, bind; returns the bound JID.
+
+        With `bind=False` it stops after the post-authentication stream restart (e.g. to
+        send a XEP-0198 <resume/>) and returns "".
+        """
         await self.open_stream()
         if tls:
             await self.starttls()
@@ -135,6 +145,8 @@ class RawClient:
         )
         await self.expect("{urn:ietf:params:xml:ns:xmpp-sasl}success")
         await self.open_stream()
+        if not bind:
+            return ""
         res = f"<resource>{resource}</resource>" if resource else ""
         await self.send(
             f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"

@@ -35,7 +35,19 @@ async def test_lost_session_ends_when_no_module_keeps_it(tmp_path: Path) -> None
     async with ModuleHarness.started(tmp_path, accounts=("alice", "bob")) as h:
         bob = await h.connect("bob@localhost/b", priority=0)
         bob.conn = None
-        await h.server.connection_lost(bob, "gone")
+        await h.server.connection_lost(bob, "gone", resumable=True)
+        assert h.server.sessions.get(bob.full_jid) is None
+
+
+async def test_session_closed_on_purpose_ends_without_asking_modules(tmp_path: Path) -> None:
+    async with ModuleHarness.started(tmp_path, accounts=("alice", "bob")) as h:
+        keeper = await h.load(Keeper)
+        assert isinstance(keeper, Keeper)
+        bob = await h.connect("bob@localhost/b", priority=0)
+        bob.conn = None
+        await h.server.connection_lost(bob, "closed by the client", resumable=False)
+        assert keeper.kept == []
+        assert keeper.ended == ["closed by the client"]
         assert h.server.sessions.get(bob.full_jid) is None
 
 
@@ -46,7 +58,7 @@ async def test_kept_session_stays_bound_detached_and_resumes_on_attach(tmp_path:
         alice = await h.connect("alice@localhost/a", priority=0)
         bob = await h.connect("bob@localhost/b", priority=0)
         bob.conn = None
-        await h.server.connection_lost(bob, "network dropped")
+        await h.server.connection_lost(bob, "network dropped", resumable=True)
         assert keeper.kept == [bob]
         assert bob.detached
         assert h.server.sessions.get(bob.full_jid) is bob  # still bound: its JID is reserved

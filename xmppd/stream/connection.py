@@ -51,6 +51,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = 262144
+# TCP keepalive: the kernel probes a silent peer after KEEPIDLE s, every KEEPINTVL s, and
+# drops the connection after KEEPCNT unanswered probes (a phone that vanished, a NAT that
+# forgot the mapping), so the session is detached within minutes even with nothing to send.
+_KEEPIDLE, _KEEPINTVL, _KEEPCNT = 120, 30, 4
+_QUIESCE_TIMEOUT = 5.0  # seconds a resumed-away connection may take to finish its stanza
 
 
 class ConnectionServices(Protocol):
@@ -80,7 +85,7 @@ class ConnectionServices(Protocol):
     async def session_bound(self, session: Session) -> None:
         """A session was bound (fires SESSION_BOUND)."""
 
-    async def connection_lost(self, session: Session, reason: str) -> None:
+    async def connection_lost(self, session: Session, reason: str, *, resumable: bool) -> None:
         """The connection of a bound session closed (SESSION_LOST, then maybe the end)."""
 
     async def session_ended(self, session: Session, reason: str) -> None:
@@ -163,6 +168,7 @@ class C2SConnection(asyncio.Protocol):
         "_out_size",
         "_paused",
         "_queue",
+        "_resumable",
         "_slow_timer",
         "_ssl",
         "_task",
@@ -211,6 +217,9 @@ class C2SConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._paused = False
         self._closed = False
+        # False once the stream was closed on purpose (by the client, or by us with a stream
+        # error): its session then ends instead of being kept for resumption.
+        self._resumable = True
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         # Back-pressure: _congested while our transport is over its high-water mark; senders
@@ -228,8 +237,12 @@ class C2SConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, AttributeError):  # Linux names below
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPIDLE)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _KEEPINTVL)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPCNT)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
         self.services.connections.add(self)
@@ -272,7 +285,9 @@ class C2SConnection(asyncio.Protocol):
             session.conn = None
             if session.jid is not None:
                 reason = str(exc) if exc else "connection closed"
-                self._loop.create_task(self.services.connection_lost(session, reason))
+                self._loop.create_task(
+                    self.services.connection_lost(session, reason, resumable=self._resumable)
+                )
 
     # --- TLS ----------------------------------------------------------------------------
     def _start_tls(self) -> None:
@@ -421,14 +436,18 @@ class C2SConnection(asyncio.Protocol):
                 and self.stream.state is State.ESTABLISHED
                 and isinstance(event, ElementReceived)
                 and event.element.tag in STANZA_TAGS
-                and not is_session_iq(event.element)
             ):
                 # Hot path: an established session's stanza goes straight to the router.
-                self.services.congested = None
-                await self.services.router.from_session(session, event.element)
+                if is_session_iq(event.element):
+                    await self._run(self.stream.receive(event))  # answered by the stream
+                else:
+                    self.services.congested = None
+                    await self.services.router.from_session(session, event.element)
+                    self._take_congestion()
+                # XEP-0198: counted once routed (the handler waits for storage commits
+                # before acknowledging it).
                 if session.on_handled is not None:
                     session.on_handled()
-                self._take_congestion()
                 return
             await self._run(self.stream.receive(event))
         except Exception:
@@ -446,12 +465,10 @@ class C2SConnection(asyncio.Protocol):
                 return
             if isinstance(action, act.Send):
                 self._write(action.data)
-            elif isinstance(action, act.Deliver):
+            elif isinstance(action, act.Deliver):  # pragma: no cover - _process routes these
                 session = self.session
                 if session is not None:
                     await self.services.router.from_session(session, action.element)
-                    if session.on_handled is not None:
-                        session.on_handled()
             elif isinstance(action, PreAuthIq):
                 await self._pre_auth_iq(action.element)
             elif isinstance(action, act.Nonza):
@@ -563,6 +580,32 @@ class C2SConnection(asyncio.Protocol):
                 out.append(feature)
         return out
 
+    def adopt(self, session: Session) -> None:
+        """Carry `session` from now on (XEP-0198 resumption): it was bound on another
+        connection, whose temporary authenticated session this one drops."""
+        if self.session is not None and self.session is not session:
+            self.session.conn = None
+        self.session = session
+        session.attach(self)
+        session.peer = self.peer
+        self.stream.state = State.ESTABLISHED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def quiesce(self) -> None:
+        """Stop reading and processing, and wait (briefly) for the stanza being processed to
+        finish, so a session resumed elsewhere counts it before it reports its `h`."""
+        self._closed = True  # nothing more is read or processed
+        self._queue = None
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), _QUIESCE_TIMEOUT)
+        self._closed = False  # so that close() still writes the stream end
+        self._resumable = False
+        self.close()
+
     def hibernate(self) -> bool:
         """Drop the parser of an idle established stream (re-made on the next byte)."""
         if self._busy or self._queue or self._closed or self.stream.state is not State.ESTABLISHED:
@@ -622,6 +665,7 @@ class C2SConnection(asyncio.Protocol):
     def _slow_reader(self) -> None:
         self._slow_timer = None
         if self._congested and not self._closed:
+            self._resumable = False
             logger.warning(
                 "closing %s: it has not read its output for %.0f s (%d bytes waiting)",
                 self.session.jid if self.session else self.peer,
@@ -669,6 +713,7 @@ class C2SConnection(asyncio.Protocol):
             if self.buffered() > self.config.limits.output_max:
                 # Memory first: a client this far behind is dropped at once.
                 logger.warning("closing %s: %d bytes of output waiting", self.peer, self.buffered())
+                self._resumable = False
                 self._drop()
                 return
             self.services.congested = self
@@ -710,6 +755,8 @@ class C2SConnection(asyncio.Protocol):
         """Close the stream: stream error (if any), closing tag, then the transport."""
         if self._closed or self.transport is None:
             return
+        if error is None or error.condition != "connection-timeout":
+            self._resumable = False  # closed on purpose: the session ends with the stream
         if error is not None:
             if not self.stream.header_sent and not self._handshaking:
                 # RFC 6120 §4.9.1.1: an error during stream setup still follows our header.
