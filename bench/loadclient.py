@@ -52,9 +52,14 @@ NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_SM = "urn:xmpp:sm:3"
+SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
+# the server's <r/>, as xmppd and Prosody serialise it (either quote style)
+SM_R_TAGS = (b'<r xmlns="urn:xmpp:sm:3"/>', b"<r xmlns='urn:xmpp:sm:3'/>")
 
 MESSAGE_END = b"</message>"
 TAIL = len(MESSAGE_END) - 1  # bytes kept from one read to find an end tag split across reads
+SM_TAIL = 30  # longer than any tag SmAcker looks for, minus one
 STAMP = re.compile(rb"<body>(\d+)</body>")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READ_SIZE = 256 * 1024  # one plaintext buffer shared by every connection (single thread)
@@ -425,6 +430,7 @@ async def login(
     presence: bool,
     source: str | None = None,
     rcvbuf: int = 0,
+    sm: bool = False,
 ) -> XmppConnection:
     """Connect, STARTTLS, SCRAM-SHA-1, bind (server-chosen resource), optional initial presence.
 
@@ -445,7 +451,7 @@ async def login(
             _, conn = await loop.create_connection(XmppConnection, target.host, target.port)
     try:
         async with asyncio.timeout(target.timeout):
-            await _negotiate(conn, target, username)
+            await _negotiate(conn, target, username, sm)
     except BaseException:
         conn.abort()
         raise
@@ -454,7 +460,7 @@ async def login(
     return conn
 
 
-async def _negotiate(conn: XmppConnection, target: Target, username: str) -> None:
+async def _negotiate(conn: XmppConnection, target: Target, username: str, sm: bool) -> None:
     conn.open_stream(target.domain)
     features = await conn.receive()
     if features.find(f"{{{NS_TLS}}}starttls") is None:
@@ -511,6 +517,13 @@ async def _negotiate(conn: XmppConnection, target: Target, username: str) -> Non
         reply = await conn.receive()
         if reply.get("type") != "result":
             raise LoginError("session establishment failed")
+    if sm:  # XEP-0198, resumable, as mobile clients enable it
+        if features.find(f"{{{NS_SM}}}sm") is None:
+            raise LoginError("no stream management offered")
+        conn.send(f"<enable xmlns='{NS_SM}' resume='true'/>".encode())
+        reply = await conn.receive()
+        if reply.tag != f"{{{NS_SM}}}enabled":
+            raise LoginError(f"stream management refused: {etree.tostring(reply)!r}")
     conn.established(jid)
 
 
@@ -521,6 +534,7 @@ async def login_many(
     presence: bool,
     concurrency: int,
     sources: Sequence[str] = (),
+    sm: bool = False,
 ) -> tuple[list[XmppConnection], list[str]]:
     """Log in every user with bounded concurrency; returns (connections, error descriptions)."""
     semaphore = asyncio.Semaphore(concurrency)
@@ -531,7 +545,7 @@ async def login_many(
         source = sources[index % len(sources)] if sources else None
         async with semaphore:
             try:
-                conns.append(await login(target, username, presence=presence, source=source))
+                conns.append(await login(target, username, presence=presence, source=source, sm=sm))
             except (LoginError, OSError, TimeoutError) as exc:
                 errors.append(f"{username}: {type(exc).__name__}: {exc}")
 
@@ -649,12 +663,13 @@ class Flow:
 
     __slots__ = ("batch", "batch_size", "delivered", "low_water", "running", "send", "sent")
 
-    def __init__(self, sender: XmppConnection, to: str, window: int) -> None:
+    def __init__(self, sender: XmppConnection, to: str, window: int, ack_request: bool) -> None:
         self.send = sender.send
         self.batch_size = max(1, window // 2)
         self.low_water = window - self.batch_size
         message = f"<message to='{to}' type='chat'><body>bench payload 0123456789</body></message>"
-        self.batch = message.encode() * self.batch_size
+        # with stream management, the sender asks for an ack after each batch
+        self.batch = message.encode() * self.batch_size + (SM_REQUEST if ack_request else b"")
         self.sent = 0
         self.delivered = 0
         self.running = False
@@ -690,6 +705,36 @@ class CountingReceiver:
             flow.refill()
 
 
+class SmAcker:
+    """XEP-0198 on the receiving side: counts received messages and answers the server's <r/>
+    with that count, then hands the bytes on. An end tag or <r/> split across two reads is
+    found with the kept tail. Presence and other stanzas are not counted: an h below the true
+    count is safe (the server keeps those few stanzas queued), one above it would not be."""
+
+    __slots__ = ("handled", "inner", "send", "tail")
+
+    def __init__(self, inner: Callable[[bytes], None], send: Callable[[bytes], None]) -> None:
+        self.inner = inner
+        self.send = send
+        self.handled = 0
+        self.tail = b""
+
+    def __call__(self, data: bytes) -> None:
+        joined = self.tail + data
+        self.handled += joined.count(MESSAGE_END) - self.tail.count(MESSAGE_END)
+        requests = sum(joined.count(tag) for tag in SM_R_TAGS)
+        requests -= sum(self.tail.count(tag) for tag in SM_R_TAGS)
+        self.tail = joined[-SM_TAIL:]
+        if requests:
+            self.send(b"<a xmlns='urn:xmpp:sm:3' h='%d'/>" % (self.handled % 2**32))
+        self.inner(data)
+
+
+def with_sm(conn: XmppConnection, handler: Callable[[bytes], None], sm: bool) -> None:
+    """Install `handler` on `conn`, behind an `SmAcker` when stream management is on."""
+    conn.handler = SmAcker(handler, conn.send) if sm else handler
+
+
 async def run_throughput(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     """Pairs message each other as fast as the window allows; delivered messages per second."""
     return await throughput_phase(target, args)
@@ -699,8 +744,15 @@ async def throughput_phase(target: Target, args: argparse.Namespace) -> dict[str
     """One throughput measurement: log the pairs in, message, drain, close (also for afterload)."""
     names = usernames(args.prefix, 2 * args.pairs)
     setup = time.perf_counter()
-    conns, errors = await login_many(target, names, presence=True, concurrency=args.concurrency)
-    result: dict[str, Any] = {"pairs": args.pairs, "window": args.window, "bare": args.bare}
+    conns, errors = await login_many(
+        target, names, presence=True, concurrency=args.concurrency, sm=args.sm
+    )
+    result: dict[str, Any] = {
+        "pairs": args.pairs,
+        "window": args.window,
+        "bare": args.bare,
+        "sm": args.sm,
+    }
     if errors:
         await close_all(conns)
         return result | {"ok": False, "login_errors": len(errors), "first_error": errors[0]}
@@ -714,8 +766,8 @@ async def throughput_phase(target: Target, args: argparse.Namespace) -> dict[str
     for a, b in zip(conns[0::2], conns[1::2], strict=True):
         for sender, receiver in ((a, b), (b, a)):
             to = receiver.jid.split("/")[0] if args.bare else receiver.jid
-            flow = Flow(sender, to, args.window)
-            receiver.handler = CountingReceiver(flow, totals)
+            flow = Flow(sender, to, args.window, ack_request=args.sm)
+            with_sm(receiver, CountingReceiver(flow, totals), args.sm)
             flows.append(flow)
     for flow in flows:
         flow.running = True
@@ -830,8 +882,10 @@ class StampReceiver:
 async def run_latency(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     """A fixed offered rate spread round-robin over all senders; latency percentiles in ms."""
     names = usernames(args.prefix, 2 * args.pairs)
-    conns, errors = await login_many(target, names, presence=True, concurrency=args.concurrency)
-    result: dict[str, Any] = {"pairs": args.pairs, "rate": args.rate}
+    conns, errors = await login_many(
+        target, names, presence=True, concurrency=args.concurrency, sm=args.sm
+    )
+    result: dict[str, Any] = {"pairs": args.pairs, "rate": args.rate, "sm": args.sm}
     if errors:
         await close_all(conns)
         return result | {"ok": False, "login_errors": len(errors), "first_error": errors[0]}
@@ -843,7 +897,10 @@ async def run_latency(target: Target, args: argparse.Namespace) -> dict[str, Any
     for a, b in zip(conns[0::2], conns[1::2], strict=True):
         for sender, receiver in ((a, b), (b, a)):
             senders.append((sender.send, f"<message to='{receiver.jid}' type='chat'>".encode()))
-            receiver.handler = StampReceiver(window)
+            with_sm(receiver, StampReceiver(window), args.sm)
+    # with stream management, every message is followed by an ack request (as Conversations
+    # does), so each is acknowledged only once it is durable
+    tail = b"</body></message>" + (SM_REQUEST if args.sm else b"")
 
     loop_start = time.perf_counter_ns()
     window.start_ns = loop_start + int(args.warmup * 1e9)
@@ -857,7 +914,7 @@ async def run_latency(target: Target, args: argparse.Namespace) -> dict[str, Any
         while sent < due:
             send, head = senders[sent % count]
             stamp = time.perf_counter_ns()
-            send(head + b"<body>%d</body></message>" % stamp)
+            send(head + b"<body>%d" % stamp + tail)
             if window.start_ns <= stamp < window.stop_ns:
                 window.sent += 1
             sent += 1
@@ -1835,6 +1892,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--sm", action="store_true", help="XEP-0198 on, acks requested per batch")
 
     p = sub.add_parser("latency")
     p.add_argument("--pairs", type=int, default=50)
@@ -1842,6 +1900,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--sm", action="store_true", help="XEP-0198 on, an ack request per message")
 
     for name, hold in (("memory", 0.0), ("hold", 300.0)):
         p = sub.add_parser(name)
@@ -1867,6 +1926,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=50, help="logins in flight (pairs)")
     p.add_argument("--count", type=int, default=10_000, help="sessions in the idle storm")
     p.add_argument("--storm-concurrency", type=int, default=200)
+    p.set_defaults(sm=False)
     p.add_argument("--sources", type=int, default=5, help="loopback sources 127.0.0.2+")
     p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
     p.add_argument("--reclaim", type=float, default=45.0, help="wait for RSS to return, s")

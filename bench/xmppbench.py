@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from loadclient import check, ratio
 from servers import (
     SERVERS,
     BenchError,
@@ -44,9 +45,28 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CLIENT_CPU = "1"
 PASSWORD = "bench-password"
-SCENARIOS = ("throughput", "latency", "memory", "logins", "afterload", "slowreader", "hold")
+SCENARIOS = (
+    "throughput",
+    "latency",
+    "memory",
+    "logins",
+    "afterload",
+    "slowreader",
+    "throughput_plain",
+    "throughput_durable",
+    "latency_durable",
+    "hold",
+)
 # hold (N connections held --hold seconds, 5 minutes by default) runs only when named
 DEFAULT_SCENARIOS = SCENARIOS[:-1]
+# Durability (issue 5): the same 1:1 throughput with stream management and the archive off
+# (plain) and on (durable: clients enable XEP-0198 and ask for acks, every message archived);
+# latency_durable offers half of the durable saturated rate measured earlier in the run.
+PROFILES = {
+    "throughput_plain": "plain",
+    "throughput_durable": "durable",
+    "latency_durable": "durable",
+}
 CONNECTIONS_PER_SOURCE = 2000  # idle connections per loopback source address (127.0.0.2, ...)
 
 # (metric, higher is better) per scenario, for the summary and the ratio lines;
@@ -54,6 +74,13 @@ CONNECTIONS_PER_SOURCE = 2000  # idle connections per loopback source address (1
 METRICS: dict[str, tuple[tuple[str, bool | None], ...]] = {
     "throughput": (("msg_per_s", True), ("server_us_per_msg", False)),
     "latency": (("p50_ms", False), ("p99_ms", False), ("max_ms", False)),
+    "throughput_plain": (("msg_per_s", True), ("server_us_per_msg", False)),
+    "throughput_durable": (
+        ("msg_per_s", True),
+        ("server_us_per_msg", False),
+        ("durable_plain_ratio", True),
+    ),
+    "latency_durable": (("rate", None), ("p50_ms", False), ("p99_ms", False), ("max_ms", False)),
     "memory": (
         ("kib_per_conn", False),
         ("setup_conn_per_s", True),
@@ -124,14 +151,19 @@ class Plan:
         sources = max(1, math.ceil(self.idle / CONNECTIONS_PER_SOURCE))
         return ["--count", str(self.idle), "--sources", str(sources)]
 
-    def client_args(self, scenario: str) -> list[str]:
-        """loadclient.py arguments for one scenario."""
+    def client_args(self, scenario: str, rate: int | None = None) -> list[str]:
+        """loadclient.py arguments for one scenario (`rate`: latency_durable's offered rate)."""
         timing = ["--warmup", str(self.warmup), "--duration", str(self.duration)]
-        if scenario == "throughput":
+        if scenario in ("throughput", "throughput_plain", "throughput_durable"):
             pairs = ["--pairs", str(self.throughput_pairs), "--window", str(self.window)]
-            return [scenario, *pairs, *timing]
+            sm = ["--sm"] if scenario == "throughput_durable" else []
+            return ["throughput", *pairs, *timing, *sm]
         if scenario == "latency":
             return [scenario, "--pairs", str(self.latency_pairs), "--rate", str(self.rate), *timing]
+        if scenario == "latency_durable":
+            offered = str(rate or self.rate)
+            pairs = ["--pairs", str(self.latency_pairs)]
+            return ["latency", *pairs, "--rate", offered, *timing, "--sm"]
         if scenario in ("memory", "hold"):
             hold = ["--hold", str(self.hold if scenario == "hold" else 0.0)]
             return [
@@ -303,12 +335,24 @@ class Run:
                 self.emit(head | figures | {"version": server.version, "ok": ok})
                 note(f"{server.name}: {scenario}: {headline(scenario, figures, ok)}")
 
+    def _figure(self, server: str, scenario: str, metric: str) -> float | None:
+        for line in self.lines:
+            if line.get("server") == server and line.get("scenario") == scenario and line["ok"]:
+                value = line.get(metric)
+                return float(value) if isinstance(value, int | float) else None
+        return None
+
     def scenario(self, server: Server, scenario: str) -> dict[str, Any]:
         """Fresh server, one load-client run, its JSON result."""
         client = [sys.executable, str(HERE / "loadclient.py")]
+        server.profile = PROFILES.get(scenario, "default")
+        rate = None
+        if scenario == "latency_durable":
+            saturated = self._figure(server.name, "throughput_durable", "msg_per_s")
+            rate = int(saturated / 2) if saturated else None
         with server.running() as (port, pid):
             command = [*client, "--port", str(port), "--pid", str(pid), "--password", PASSWORD]
-            command += self.plan.client_args(scenario)
+            command += self.plan.client_args(scenario, rate)
             process = spawn(pinned(CLIENT_CPU, command), stdout=subprocess.PIPE, stderr=None)
             try:
                 out, _ = process.communicate(timeout=self.plan.client_timeout(scenario))
@@ -321,6 +365,13 @@ class Run:
             result: dict[str, Any] = json.loads(lines[-1])
         except (IndexError, json.JSONDecodeError) as exc:
             raise BenchError(f"load client failed (status {process.returncode})") from exc
+        if scenario == "throughput_durable":
+            plain = self._figure(server.name, "throughput_plain", "msg_per_s")
+            result["durable_plain_ratio"] = ratio(result.get("msg_per_s"), plain)
+            durable = result["durable_plain_ratio"]
+            result["checks"] = [check("durable_plain_ratio", durable, ">=", 0.8)]
+        if scenario == "latency_durable":
+            result["checks"] = [check("p99_ms", result.get("p99_ms"), "<", 20.0)]
         return result
 
     def summarise(self) -> None:
