@@ -202,6 +202,8 @@ class StreamManagement(Module):
 
     def _ask(self, session: Session, sm: SmState) -> None:
         """Send <r/>, and treat the link as dead if it goes unanswered."""
+        if self._state(session) is not sm or session.conn is None:
+            return  # the session ended or lost its connection meanwhile
         self._cancel_timer(sm)
         sm.requested = True
         self._write(session, _sm("r"))
@@ -245,7 +247,10 @@ class StreamManagement(Module):
         if not sm.requested:
             interval = self.options.ack_interval
             if interval and (sm.sent - sm.acked) % MOD >= interval:
-                self._ask(session, sm)
+                # At the end of this loop turn: a burst routed in one turn gets one <r/>, in
+                # the same write as the stanzas.
+                sm.requested = True
+                self._loop.call_soon(self._ask, session, sm)
             elif sm.timer is None:
                 sm.timer = self._loop.call_later(self.options.ack_delay, self._ask_later, session)
         return None
