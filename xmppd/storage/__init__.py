@@ -11,11 +11,17 @@ semantics, checked by ``tests/xmppd/storage/test_contract.py``:
 - Values of a key-value store are JSON (`JsonValue`), stored as their JSON text: what comes
   back is a fresh copy, never the object that was stored.
 - Archive keys are opaque strings that increase in insertion order and are never reused.
+  An entry may also carry an *external id* chosen by the caller (e.g. a XEP-0359 stanza id
+  used as the XEP-0313 archive id), found again with `ArchiveStore.find` and the ``ids``
+  filter; the store does not check it for uniqueness.
+- `ArchiveStore.append_nowait` issues a write without awaiting it: the write is queued at
+  once (so `Storage.barrier` covers it) and keeps its place in insertion order.
 - Every failure surfaces as `StorageError`; so does any use after `Storage.close`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 from collections.abc import Awaitable, Sequence
@@ -57,12 +63,14 @@ class ArchiveItem:
         when: unix time of the entry (given to `ArchiveStore.append`, or the time of the call).
         with_jid: the peer the entry is filed under, if any (filter for `ArchiveStore.items`).
         value: the stored text, e.g. a serialized stanza.
+        id: the external id given to `ArchiveStore.append`, if any.
     """
 
     key: str
     when: float
     with_jid: str | None
     value: str
+    id: str | None = None
 
 
 class KeyValueStore(Protocol):
@@ -102,7 +110,13 @@ class ArchiveStore(Protocol):
     """One named append-only log per user of one host, ordered by insertion."""
 
     async def append(
-        self, user: str, value: str, *, with_jid: str | None = None, when: float | None = None
+        self,
+        user: str,
+        value: str,
+        *,
+        with_jid: str | None = None,
+        when: float | None = None,
+        id: str | None = None,
     ) -> str:
         """Append ``value`` to the log of ``user``; returns the new item's key once committed.
 
@@ -111,6 +125,28 @@ class ArchiveStore(Protocol):
             value: the text to store.
             with_jid: the peer to file the entry under, for `items` / `count` filters.
             when: unix time of the entry; the current time when None.
+            id: an external id for the entry (`find`, the ``ids`` filter).
+        """
+        ...
+
+    def append_nowait(
+        self,
+        user: str,
+        value: str,
+        *,
+        with_jid: str | None = None,
+        when: float | None = None,
+        id: str | None = None,
+    ) -> asyncio.Future[str]:
+        """Issue an `append` now, without waiting for its commit; call it inside the loop.
+
+        The write is queued before this returns: it takes its place in insertion order
+        among every other write, and `Storage.barrier` called afterwards covers it. The
+        future gets the new key once committed, or a `StorageError` (the caller should
+        retrieve it, e.g. in a done callback that logs it).
+
+        Raises:
+            StorageError: the storage is not open.
         """
         ...
 
@@ -123,6 +159,7 @@ class ArchiveStore(Protocol):
         start: float | None = None,
         end: float | None = None,
         with_jid: str | None = None,
+        ids: Sequence[str] | None = None,
         limit: int | None = None,
         reverse: bool = False,
     ) -> list[ArchiveItem]:
@@ -135,6 +172,7 @@ class ArchiveStore(Protocol):
             start: only entries with ``when >= start``.
             end: only entries with ``when <= end``.
             with_jid: only entries filed under exactly this peer.
+            ids: only entries whose external id is one of these.
             limit: at most this many entries, counted in the returned order.
             reverse: newest first; with ``limit`` this returns the *last* n entries.
 
@@ -146,8 +184,27 @@ class ArchiveStore(Protocol):
         """
         ...
 
-    async def count(self, user: str, *, with_jid: str | None = None) -> int:
-        """Return the number of entries of ``user`` (filed under ``with_jid`` if given)."""
+    async def count(
+        self,
+        user: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        with_jid: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> int:
+        """Return the number of entries of ``user`` matching every given filter (as `items`)."""
+        ...
+
+    async def find(self, user: str, id: str) -> ArchiveItem | None:
+        """Return the entry of ``user`` with external id ``id`` (the oldest, if several)."""
+        ...
+
+    async def expire(self, before: float) -> int:
+        """Remove the entries of every user with ``when < before``; returns once committed,
+        with the number removed."""
         ...
 
     async def remove(self, user: str, keys: Sequence[str]) -> int:
@@ -202,12 +259,14 @@ class Storage(Protocol):
         ...
 
 
-async def open_storage(kind: str, *, path: Path | None = None) -> Storage:
+async def open_storage(kind: str, *, path: Path | None = None, fsync: bool = False) -> Storage:
     """Create and open a storage backend.
 
     Args:
         kind: ``"sqlite"`` or ``"memory"``.
         path: the database file, required for ``"sqlite"``; its directory must exist.
+        fsync: sqlite only: fsync on every commit, so commits survive power loss too
+            (see `xmppd.storage.sqlite`).
 
     Returns:
         The opened backend.
@@ -225,7 +284,7 @@ async def open_storage(kind: str, *, path: Path | None = None) -> Storage:
             raise StorageError("the sqlite storage needs a database file path")
         from xmppd.storage.sqlite import SqliteStorage  # late: it imports this module
 
-        storage = SqliteStorage(path)
+        storage = SqliteStorage(path, fsync=fsync)
     else:
         raise StorageError(f"unknown storage kind {kind!r} (expected 'sqlite' or 'memory')")
     await storage.open()
@@ -267,6 +326,20 @@ def encode_json(value: JsonValue) -> str:
 def decode_json(text: str) -> JsonValue:
     """Parse JSON text written by `encode_json`."""
     return cast(JsonValue, json.loads(text))  # json.loads returns Any; our writer made it
+
+
+def id_set(ids: Sequence[str] | None) -> frozenset[str] | None:
+    """The ``ids`` filter as a set (None: no filter). A plain string is refused, since it
+    would otherwise be taken as a sequence of one-character ids.
+
+    Raises:
+        TypeError: ``ids`` is a string.
+    """
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        raise TypeError("ids must be a sequence of ids, not a string")
+    return frozenset(ids)
 
 
 def check_limit(limit: int | None) -> None:

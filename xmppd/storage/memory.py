@@ -8,10 +8,11 @@ archive keys are decimal ids from one counter per storage, never reused.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import enum
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 
 from xmppd.storage import (
     ArchiveItem,
@@ -23,6 +24,7 @@ from xmppd.storage import (
     check_limit,
     decode_json,
     encode_json,
+    id_set,
 )
 
 __all__ = ["MemoryStorage"]
@@ -164,8 +166,8 @@ class _MemoryArchive:
         self._storage = storage
         self._logs = logs
 
-    async def append(
-        self, user: str, value: str, *, with_jid: str | None = None, when: float | None = None
+    def _append(
+        self, user: str, value: str, with_jid: str | None, when: float | None, id: str | None
     ) -> str:
         self._storage.check_open()
         item_id = self._storage.next_id()
@@ -174,9 +176,74 @@ class _MemoryArchive:
             when=time.time() if when is None else float(when),
             with_jid=with_jid,
             value=value,
+            id=id,
         )
         self._logs.setdefault(user, []).append((item_id, item))
         return item.key
+
+    async def append(
+        self,
+        user: str,
+        value: str,
+        *,
+        with_jid: str | None = None,
+        when: float | None = None,
+        id: str | None = None,
+    ) -> str:
+        return self._append(user, value, with_jid, when, id)
+
+    def append_nowait(
+        self,
+        user: str,
+        value: str,
+        *,
+        with_jid: str | None = None,
+        when: float | None = None,
+        id: str | None = None,
+    ) -> asyncio.Future[str]:
+        key = self._append(user, value, with_jid, when, id)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future.set_result(key)
+        return future
+
+    def _select(
+        self,
+        user: str,
+        *,
+        after: str | None,
+        before: str | None,
+        start: float | None,
+        end: float | None,
+        with_jid: str | None,
+        ids: Sequence[str] | None,
+        reverse: bool = False,
+    ) -> Iterable[ArchiveItem]:
+        wanted = id_set(ids)
+        rows = self._logs.get(user, [])
+        low, high = 0, len(rows)
+        if after is not None:
+            after_id = archive_key_number(after)
+            if after_id is None:
+                return
+            low = bisect.bisect_right(rows, after_id, key=_id_of)
+        if before is not None:
+            before_id = archive_key_number(before)
+            if before_id is None:
+                return
+            high = bisect.bisect_left(rows, before_id, key=_id_of)
+        selected = rows[low:high]
+        if reverse:
+            selected.reverse()
+        for _, item in selected:
+            if start is not None and item.when < start:
+                continue
+            if end is not None and item.when > end:
+                continue
+            if with_jid is not None and item.with_jid != with_jid:
+                continue
+            if wanted is not None and item.id not in wanted:
+                continue
+            yield item
 
     async def items(
         self,
@@ -187,45 +254,68 @@ class _MemoryArchive:
         start: float | None = None,
         end: float | None = None,
         with_jid: str | None = None,
+        ids: Sequence[str] | None = None,
         limit: int | None = None,
         reverse: bool = False,
     ) -> list[ArchiveItem]:
         self._storage.check_open()
         check_limit(limit)
-        rows = self._logs.get(user, [])
-        low, high = 0, len(rows)
-        if after is not None:
-            after_id = archive_key_number(after)
-            if after_id is None:
-                return []
-            low = bisect.bisect_right(rows, after_id, key=_id_of)
-        if before is not None:
-            before_id = archive_key_number(before)
-            if before_id is None:
-                return []
-            high = bisect.bisect_left(rows, before_id, key=_id_of)
-        selected = rows[low:high]
-        if reverse:
-            selected.reverse()
         result: list[ArchiveItem] = []
-        for _, item in selected:
+        if limit == 0:
+            return result
+        for item in self._select(
+            user,
+            after=after,
+            before=before,
+            start=start,
+            end=end,
+            with_jid=with_jid,
+            ids=ids,
+            reverse=reverse,
+        ):
+            result.append(item)
             if limit is not None and len(result) >= limit:
                 break
-            if start is not None and item.when < start:
-                continue
-            if end is not None and item.when > end:
-                continue
-            if with_jid is not None and item.with_jid != with_jid:
-                continue
-            result.append(item)
         return result
 
-    async def count(self, user: str, *, with_jid: str | None = None) -> int:
+    async def count(
+        self,
+        user: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        with_jid: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> int:
         self._storage.check_open()
-        rows = self._logs.get(user, [])
-        if with_jid is None:
-            return len(rows)
-        return sum(1 for _, item in rows if item.with_jid == with_jid)
+        return sum(
+            1
+            for _ in self._select(
+                user, after=after, before=before, start=start, end=end, with_jid=with_jid, ids=ids
+            )
+        )
+
+    async def find(self, user: str, id: str) -> ArchiveItem | None:
+        self._storage.check_open()
+        for _, item in self._logs.get(user, []):
+            if item.id == id:
+                return item
+        return None
+
+    async def expire(self, before: float) -> int:
+        self._storage.check_open()
+        removed = 0
+        for user in list(self._logs):
+            rows = self._logs[user]
+            kept = [row for row in rows if row[1].when >= before]
+            removed += len(rows) - len(kept)
+            if kept:
+                rows[:] = kept
+            else:
+                del self._logs[user]
+        return removed
 
     async def remove(self, user: str, keys: Sequence[str]) -> int:
         self._storage.check_open()

@@ -18,11 +18,18 @@ synchronous function handed to that thread as one call (`SqliteStorage._run`):
   database stayed locked past the busy timeout, disk full, I/O error), every write of the
   batch fails with that error.
 
-Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A commit appends to the WAL
-file and returns without fsync; WAL is fsynced at checkpoints. This is durable against a
-crash of the *process* (the committed pages are in the OS page cache and reach the file),
+- Writes may also be issued without awaiting them (`SqliteStorage._write_nowait`, used by
+  `ArchiveStore.append_nowait`): the write is queued and counted at once, the caller gets the
+  future. Either way writes commit in the order they were issued.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL`` by default. A commit appends to
+the WAL file and returns without fsync; WAL is fsynced at checkpoints. This is durable against
+a crash of the *process* (the committed pages are in the OS page cache and reach the file),
 and the database can never be corrupted; only an OS crash or power loss can roll back the
-last transactions. Group commit keeps the write rate high either way.
+last transactions. ``SqliteStorage(path, fsync=True)`` (``open_storage(..., fsync=True)``)
+uses ``synchronous=FULL`` instead: every group commit fsyncs the WAL, so a committed write
+also survives power loss, at the cost of one fsync per commit (shared by the whole batch).
+Group commit keeps the write rate high either way.
 
 Several processes may use the same file (``xmppd adduser`` while the server runs): WAL lets
 readers proceed during a write, ``BEGIN IMMEDIATE`` takes the write lock up front (a deferred
@@ -39,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -60,6 +68,7 @@ from xmppd.storage import (
     check_limit,
     decode_json,
     encode_json,
+    id_set,
 )
 
 __all__ = ["MAX_BATCH", "MIGRATIONS", "Migration", "SqliteStorage"]
@@ -111,6 +120,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX archive_by_with ON archive (host, store, user, with_jid, id)",
         ),
     ),
+    Migration(
+        2,
+        "archive external ids; expiry by time",
+        (
+            "ALTER TABLE archive ADD COLUMN ext_id TEXT",
+            "CREATE INDEX archive_by_ext_id ON archive (host, store, user, ext_id)",
+            "CREATE INDEX archive_by_when ON archive (host, store, when_)",
+        ),
+    ),
 )
 
 _CREATE_SCHEMA_VERSION = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -150,9 +168,15 @@ class SqliteStorage:
         commits: number of write transactions committed so far (for tests and benchmarks).
     """
 
-    def __init__(self, path: Path) -> None:
-        """Create an unopened storage on the database file ``path``."""
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        """Create an unopened storage on the database file ``path``.
+
+        Args:
+            path: the database file.
+            fsync: fsync every commit (``synchronous=FULL``): durable against power loss.
+        """
         self.path = path
+        self.fsync = fsync
         self.commits = 0
         self._state = _State.NEW
         self._db: aiosqlite.Connection | None = None
@@ -186,7 +210,9 @@ class SqliteStorage:
         self._conn = db._conn
         self._state = _State.OPEN
         try:
-            version, journal_mode = await self._run(_prepare)
+            version, journal_mode = await self._run(
+                functools.partial(_prepare, synchronous="FULL" if self.fsync else "NORMAL")
+            )
         except BaseException:
             self._state = _State.CLOSED
             await self._close_connection()
@@ -275,15 +301,23 @@ class SqliteStorage:
         Raises:
             StorageError: the storage is not open, ``fn`` failed, or the commit failed.
         """
+        # If the caller is cancelled, the write still happens (it was issued); only the
+        # awaiting stops, and the writer skips resolving the cancelled future.
+        return await self._write_nowait(fn)
+
+    def _write_nowait(self, fn: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
+        """Queue ``fn(connection)`` for the next group commit now; the future gets its result.
+
+        Raises:
+            StorageError: the storage is not open.
+        """
         self._check_open()
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending.append(_Write(fn, future))
         self._issued += 1
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain(), name=f"sqlite writer {self.path}")
-        # If the caller is cancelled, the write still happens (it was issued); only the
-        # awaiting stops, and the writer skips resolving the cancelled future.
-        return cast(_T, await future)  # the future holds what fn returned
+        return cast("asyncio.Future[_T]", future)  # the future holds what fn returned
 
     def _check_open(self) -> None:
         if self._state is not _State.OPEN:
@@ -387,13 +421,13 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-def _prepare(conn: sqlite3.Connection) -> tuple[int, str]:
+def _prepare(conn: sqlite3.Connection, synchronous: str = "NORMAL") -> tuple[int, str]:
     """Configure the connection and migrate the schema; return schema version and journal mode."""
     # busy_timeout first: switching to WAL and migrating need locks another process may hold.
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-    # WAL + NORMAL: a commit survives a process crash (see module docstring).
-    conn.execute("PRAGMA synchronous = NORMAL")
+    # WAL + NORMAL: a commit survives a process crash; FULL: power loss too (module docstring).
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     latest = MIGRATIONS[-1].version if MIGRATIONS else 0
     conn.execute("BEGIN IMMEDIATE")  # one migrator at a time across processes
@@ -569,6 +603,13 @@ class _SqliteKeyValue:
         return await self._storage._write(delete_user)
 
 
+_SELECT_ITEMS = "SELECT id, when_, with_jid, value, ext_id FROM archive"
+
+
+def _item(row: tuple[int, float, str | None, str, str | None]) -> ArchiveItem:
+    return ArchiveItem(key=str(row[0]), when=row[1], with_jid=row[2], value=row[3], id=row[4])
+
+
 class _SqliteArchive:
     """`ArchiveStore` over the ``archive`` table; keys are the decimal row ids."""
 
@@ -580,20 +621,77 @@ class _SqliteArchive:
         self._store = store
 
     async def append(
-        self, user: str, value: str, *, with_jid: str | None = None, when: float | None = None
+        self,
+        user: str,
+        value: str,
+        *,
+        with_jid: str | None = None,
+        when: float | None = None,
+        id: str | None = None,
     ) -> str:
+        return await self.append_nowait(user, value, with_jid=with_jid, when=when, id=id)
+
+    def append_nowait(
+        self,
+        user: str,
+        value: str,
+        *,
+        with_jid: str | None = None,
+        when: float | None = None,
+        id: str | None = None,
+    ) -> asyncio.Future[str]:
         stamp = time.time() if when is None else float(when)
-        params = (self._host, self._store, user, stamp, with_jid, value)
+        params = (self._host, self._store, user, stamp, with_jid, value, id)
 
         def append(conn: sqlite3.Connection) -> str:
             cursor = conn.execute(
-                "INSERT INTO archive (host, store, user, when_, with_jid, value) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO archive (host, store, user, when_, with_jid, value, ext_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 params,
             )
             return str(cursor.lastrowid)
 
-        return await self._storage._write(append)
+        return self._storage._write_nowait(append)
+
+    def _where(
+        self,
+        user: str,
+        *,
+        after: str | None,
+        before: str | None,
+        start: float | None,
+        end: float | None,
+        with_jid: str | None,
+        ids: Sequence[str] | None,
+    ) -> tuple[str, list[object]] | None:
+        """The WHERE clause and its parameters; None when nothing can match."""
+        wanted = id_set(ids)
+        sql = ["WHERE host = ? AND store = ? AND user = ?"]
+        params: list[object] = [self._host, self._store, user]
+        if with_jid is not None:
+            sql.append("AND with_jid = ?")
+            params.append(with_jid)
+        for key, operator in ((after, ">"), (before, "<")):
+            if key is None:
+                continue
+            number = archive_key_number(key)
+            if number is None:
+                return None  # a key no store produced: nothing is after or before it
+            sql.append(f"AND id {operator} ?")
+            params.append(number)
+        if start is not None:
+            sql.append("AND when_ >= ?")
+            params.append(start)
+        if end is not None:
+            sql.append("AND when_ <= ?")
+            params.append(end)
+        if wanted is not None:
+            if not wanted:
+                return None
+            # json_each: one bound parameter, whatever the number of ids.
+            sql.append("AND ext_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(sorted(wanted)))
+        return " ".join(sql), params
 
     async def items(
         self,
@@ -604,59 +702,78 @@ class _SqliteArchive:
         start: float | None = None,
         end: float | None = None,
         with_jid: str | None = None,
+        ids: Sequence[str] | None = None,
         limit: int | None = None,
         reverse: bool = False,
     ) -> list[ArchiveItem]:
         check_limit(limit)
-        sql = [
-            "SELECT id, when_, with_jid, value FROM archive "
-            "WHERE host = ? AND store = ? AND user = ?"
-        ]
-        params: list[object] = [self._host, self._store, user]
-        if with_jid is not None:
-            sql.append("AND with_jid = ?")
-            params.append(with_jid)
-        for key, operator in ((after, ">"), (before, "<")):
-            if key is None:
-                continue
-            number = archive_key_number(key)
-            if number is None:
-                self._storage._check_open()
-                return []  # a key no store produced: nothing is after or before it
-            sql.append(f"AND id {operator} ?")
-            params.append(number)
-        if start is not None:
-            sql.append("AND when_ >= ?")
-            params.append(start)
-        if end is not None:
-            sql.append("AND when_ <= ?")
-            params.append(end)
-        sql.append("ORDER BY id DESC" if reverse else "ORDER BY id")
+        where = self._where(
+            user, after=after, before=before, start=start, end=end, with_jid=with_jid, ids=ids
+        )
+        if where is None:
+            self._storage._check_open()
+            return []
+        clause, params = where
+        parts = [_SELECT_ITEMS, clause, "ORDER BY id DESC" if reverse else "ORDER BY id"]
         if limit is not None:
-            sql.append("LIMIT ?")
+            parts.append("LIMIT ?")
             params.append(limit)
-        query = " ".join(sql)
+        query = " ".join(parts)
 
         def items(conn: sqlite3.Connection) -> list[ArchiveItem]:
-            return [
-                ArchiveItem(key=str(row[0]), when=row[1], with_jid=row[2], value=row[3])
-                for row in conn.execute(query, params)
-            ]
+            return [_item(row) for row in conn.execute(query, params)]
 
         return await self._storage._read(items)
 
-    async def count(self, user: str, *, with_jid: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM archive WHERE host = ? AND store = ? AND user = ?"
-        params: tuple[object, ...] = (self._host, self._store, user)
-        if with_jid is not None:
-            sql += " AND with_jid = ?"
-            params = (*params, with_jid)
+    async def count(
+        self,
+        user: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        with_jid: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> int:
+        where = self._where(
+            user, after=after, before=before, start=start, end=end, with_jid=with_jid, ids=ids
+        )
+        if where is None:
+            self._storage._check_open()
+            return 0
+        clause, params = where
+        query = " ".join(("SELECT COUNT(*) FROM archive", clause))
 
         def count(conn: sqlite3.Connection) -> int:
-            (number,) = conn.execute(sql, params).fetchone()
+            (number,) = conn.execute(query, params).fetchone()
             return cast(int, number)
 
         return await self._storage._read(count)
+
+    async def find(self, user: str, id: str) -> ArchiveItem | None:
+        params = (self._host, self._store, user, id)
+
+        def find(conn: sqlite3.Connection) -> ArchiveItem | None:
+            row = conn.execute(
+                _SELECT_ITEMS
+                + " WHERE host = ? AND store = ? AND user = ? AND ext_id = ? ORDER BY id LIMIT 1",
+                params,
+            ).fetchone()
+            return None if row is None else _item(row)
+
+        return await self._storage._read(find)
+
+    async def expire(self, before: float) -> int:
+        params = (self._host, self._store, before)
+
+        def expire(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM archive WHERE host = ? AND store = ? AND when_ < ?", params
+            )
+            return cursor.rowcount
+
+        return await self._storage._write(expire)
 
     async def remove(self, user: str, keys: Sequence[str]) -> int:
         numbers = {n for n in map(archive_key_number, keys) if n is not None}

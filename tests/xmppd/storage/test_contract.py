@@ -600,3 +600,164 @@ async def test_delete_user_data_empties_every_store_of_that_user_on_that_host(
     assert await storage.archive("example.org", "offline").count("bob") == 1
     assert await storage.keyvalue("other.example", "roster").get("alice", "k") == "kept"
     assert await storage.delete_user_data("example.org", "alice") == 0
+
+
+# -- archive: external ids, append_nowait, filtered count, expire ----------------------------------
+
+
+async def test_append_with_external_id_round_trips_and_find_locates_it(
+    archive: ArchiveStore,
+) -> None:
+    key = await archive.append("alice", "hi", with_jid="bob@example.org", when=5.0, id="X1")
+    other = await archive.append("alice", "no id")
+    item = ArchiveItem(key=key, when=5.0, with_jid="bob@example.org", value="hi", id="X1")
+    assert await archive.find("alice", "X1") == item
+    assert (await archive.items("alice"))[0] == item
+    assert (await archive.items("alice"))[1].key == other
+    assert (await archive.items("alice"))[1].id is None
+
+
+async def test_find_is_per_user_and_none_when_unknown(archive: ArchiveStore) -> None:
+    await archive.append("alice", "a", id="shared")
+    assert await archive.find("bob", "shared") is None
+    assert await archive.find("alice", "missing") is None
+    assert await archive.find("alice", "") is None
+
+
+async def test_find_returns_the_oldest_of_duplicate_ids(archive: ArchiveStore) -> None:
+    first = await archive.append("alice", "a", id="dup")
+    await archive.append("alice", "b", id="dup")
+    found = await archive.find("alice", "dup")
+    assert found is not None
+    assert found.key == first
+
+
+async def test_items_ids_filter_keeps_order_and_combines(archive: ArchiveStore) -> None:
+    keys = [
+        await archive.append("alice", f"m{i}", id=f"id{i}", with_jid="b" if i % 2 else "c")
+        for i in range(6)
+    ]
+    got = await archive.items("alice", ids=["id4", "id1", "id3", "nope"])
+    assert _values(got) == ["m1", "m3", "m4"]
+    assert _values(await archive.items("alice", ids=["id4", "id1", "id3"], with_jid="b")) == [
+        "m1",
+        "m3",
+    ]
+    assert _values(await archive.items("alice", ids=["id1", "id3", "id5"], after=keys[1])) == [
+        "m3",
+        "m5",
+    ]
+    assert _values(await archive.items("alice", ids=["id1", "id3", "id5"], reverse=True)) == [
+        "m5",
+        "m3",
+        "m1",
+    ]
+    assert await archive.items("alice", ids=[]) == []
+    assert await archive.items("bob", ids=["id1"]) == []
+
+
+async def test_items_ids_filter_refuses_a_plain_string(archive: ArchiveStore) -> None:
+    await archive.append("alice", "a", id="a")
+    with pytest.raises(TypeError):
+        await archive.items("alice", ids="a")
+
+
+async def test_items_ids_filter_with_many_ids(archive: ArchiveStore) -> None:
+    for i in range(50):
+        await archive.append("alice", f"m{i}", id=f"id{i}")
+    wanted = [f"id{i}" for i in range(0, 50, 7)] + [f"x{i}" for i in range(2000)]
+    assert _values(await archive.items("alice", ids=wanted)) == [f"m{i}" for i in range(0, 50, 7)]
+
+
+async def test_count_applies_every_filter(archive: ArchiveStore) -> None:
+    keys = [
+        await archive.append(
+            "alice", f"m{i}", when=1000.0 + i, with_jid="b" if i % 2 else "c", id=f"id{i}"
+        )
+        for i in range(10)
+    ]
+    await archive.append("bob", "other")
+    assert await archive.count("alice") == 10
+    assert await archive.count("alice", with_jid="b") == 5
+    assert await archive.count("alice", after=keys[2]) == 7
+    assert await archive.count("alice", before=keys[2]) == 2
+    assert await archive.count("alice", after=keys[2], before=keys[6]) == 3
+    assert await archive.count("alice", start=1003.0, end=1005.0) == 3
+    assert await archive.count("alice", ids=["id1", "id2", "zz"]) == 2
+    assert await archive.count("alice", after="not-a-key") == 0
+    assert await archive.count("alice", ids=[]) == 0
+    assert await archive.count("nobody") == 0
+
+
+async def test_append_nowait_is_visible_in_order_and_resolves_to_the_key(
+    storage: Storage, archive: ArchiveStore
+) -> None:
+    awaited = await archive.append("alice", "m0")
+    futures = [archive.append_nowait("alice", f"m{i}", id=f"id{i}") for i in range(1, 6)]
+    awaited_last = asyncio.ensure_future(archive.append("alice", "m6"))
+    keys = [awaited, *[await f for f in futures], await awaited_last]
+    items = await archive.items("alice")
+    assert [item.key for item in items] == keys
+    assert _values(items) == [f"m{i}" for i in range(7)]
+    assert [item.id for item in items[1:6]] == [f"id{i}" for i in range(1, 6)]
+
+
+async def test_append_nowait_is_issued_before_it_returns(
+    storage: Storage, archive: ArchiveStore
+) -> None:
+    future = archive.append_nowait("alice", "m", with_jid="bob@example.org", when=7.0)
+    barrier = storage.barrier()  # must cover the write issued just above
+    if barrier is not None:
+        await barrier
+    assert future.done()
+    items = await archive.items("alice")
+    assert [(i.key, i.value, i.with_jid, i.when) for i in items] == [
+        (future.result(), "m", "bob@example.org", 7.0)
+    ]
+
+
+async def test_append_nowait_after_close_raises(storage: Storage) -> None:
+    archive = storage.archive("example.org", "mam")
+    await storage.close()
+    with pytest.raises(StorageError):
+        archive.append_nowait("alice", "m")
+
+
+async def test_expire_removes_old_entries_of_every_user_of_that_store_only(
+    storage: Storage,
+) -> None:
+    archive = storage.archive("example.org", "mam")
+    other_store = storage.archive("example.org", "offline")
+    other_host = storage.archive("example.net", "mam")
+    for user in ("alice", "bob"):
+        for when in (10.0, 20.0, 30.0):
+            await archive.append(user, f"{user}{when}", when=when)
+    await other_store.append("alice", "kept", when=1.0)
+    await other_host.append("alice", "kept", when=1.0)
+    assert await archive.expire(20.0) == 2  # strictly older than 20
+    assert _values(await archive.items("alice")) == ["alice20.0", "alice30.0"]
+    assert _values(await archive.items("bob")) == ["bob20.0", "bob30.0"]
+    assert await archive.expire(0.0) == 0
+    assert await archive.expire(100.0) == 4
+    assert await archive.items("alice") == []
+    assert _values(await other_store.items("alice")) == ["kept"]
+    assert _values(await other_host.items("alice")) == ["kept"]
+
+
+async def test_keys_are_not_reused_after_expire(archive: ArchiveStore) -> None:
+    old = await archive.append("alice", "old", when=1.0)
+    await archive.expire(2.0)
+    new = await archive.append("alice", "new", when=3.0)
+    assert new != old
+    assert [i.key for i in await archive.items("alice", after=old)] == [new]
+
+
+async def test_delete_user_data_removes_archive_entries_with_external_ids(
+    storage: Storage,
+) -> None:
+    archive = storage.archive("example.org", "mam")
+    await archive.append("alice", "a", id="x")
+    await archive.append("bob", "b", id="y")
+    assert await storage.delete_user_data("example.org", "alice") == 1
+    assert await archive.find("alice", "x") is None
+    assert await archive.find("bob", "y") is not None

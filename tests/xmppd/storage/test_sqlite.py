@@ -411,3 +411,54 @@ async def test_committed_write_survives_process_kill(db_path: Path) -> None:
         assert item.key == stdout.decode().strip()
     finally:
         await storage.close()
+
+
+# -- fsync option, migration 2 ---------------------------------------------------------------------
+
+
+async def test_fsync_option_uses_synchronous_full(db_path: Path) -> None:
+    for fsync, expected in ((False, 1), (True, 2)):  # PRAGMA synchronous: NORMAL=1, FULL=2
+        storage = await open_storage("sqlite", path=db_path, fsync=fsync)
+        assert isinstance(storage, SqliteStorage)
+        assert storage.fsync is fsync
+        try:
+            level = await storage._read(
+                lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]
+            )
+            assert level == expected
+            await storage.archive("h", "s").append("alice", "v")
+        finally:
+            await storage.close()
+
+
+async def test_version_1_archive_rows_survive_migration_2(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", MIGRATIONS[:1])
+    old = SqliteStorage(db_path)
+    await old.open()
+    key = await old._write(
+        lambda conn: str(
+            conn.execute(
+                "INSERT INTO archive (host, store, user, when_, with_jid, value) "
+                "VALUES ('h', 's', 'alice', 1.0, 'bob', 'v')"
+            ).lastrowid
+        )
+    )
+    await old.close()
+    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", MIGRATIONS)
+    new = SqliteStorage(db_path)
+    await new.open()
+    try:
+        archive = new.archive("h", "s")
+        items = await archive.items("alice")
+        assert [(i.key, i.value, i.id) for i in items] == [(key, "v", None)]
+        later = await archive.append("alice", "w", id="X")
+        assert int(later) > int(key)
+        found = await archive.find("alice", "X")
+        assert found is not None
+        assert found.key == later
+    finally:
+        await new.close()
+    indexes = {row[0] for row in _query(db_path, "SELECT name FROM sqlite_master")}
+    assert {"archive_by_ext_id", "archive_by_when"} <= indexes

@@ -1,0 +1,696 @@
+"""XEP-0313: Message Archive Management — archive one-to-one messages per account; RSM queries.
+
+What is archived (XEP-0313 §"Business rules", user archives): messages of type chat or normal
+that carry a <body/> (or the XEP-0334 <store/> hint), both those an account receives and those
+it sends, once each; never errors, groupchat or headline messages, and never a message with
+the XEP-0334 <no-store/> or <no-permanent-store/> hint. The archive id is a XEP-0359 stanza id:
+
+- received: the id `xeps.stanza_id` stamped for the account (``by`` = its bare JID), so the
+  live copy, carbon copies and the archive agree;
+- sent: an id from this module's own `SortableIds` (with a persisted lease, so ids keep
+  increasing across restarts). Its clients learn it through the sent carbon, which carries
+  ``<stanza-id by='account'/>`` (§"Communicating the archive ID": SHOULD, as a child of the
+  forwarded message); the copy routed to the recipient never does (MUST NOT).
+
+Durability: the archive write is issued synchronously while the message is routed
+(`ArchiveStore.append_nowait`), so `Storage.barrier` — what stream management waits for
+before acking — covers it. Only a preference of 'roster' or an id lease renewal makes the
+hook await (a roster lookup, a lease write) before issuing it, still inside routing.
+
+Queries (IQ set <query/> to the account's bare JID, the account only): XEP-0004 form fields
+with, start, end and (#extended) before-id, after-id, ids; XEP-0059 paging (max, after,
+before, empty before = last page, index) with <first index/>, <last/>, <count/>; <flip-page/>.
+Also the form (IQ get <query/>), archive metadata (IQ get <metadata/>) and XEP-0441
+preferences (<prefs/>, kept in memory for the hot path and persisted). Old entries go after
+``max_age_days`` (0 keeps them forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from lxml import etree
+
+from xmppd.config import ConfigError
+from xmppd.errors import StanzaError
+from xmppd.events import (
+    ACCOUNT_REMOVED,
+    MESSAGE_BARE,
+    MESSAGE_FULL,
+    PRE_MESSAGE,
+    ROSTER_QUERY,
+    AccountRemoved,
+    Priority,
+    RosterQuery,
+    StanzaEvent,
+)
+from xmppd.jid import JID, JIDError
+from xmppd.lib.delay import NS_DELAY, format_stamp, parse_stamp
+from xmppd.lib.forms import Field, build_form, parse_submitted
+from xmppd.lib.hints import BODY, NS_HINTS
+from xmppd.lib.rsm import RsmRequest, build_set, parse_set
+from xmppd.lib.stanza_id import STANZA_ID, SortableIds, stamp_stanza_id
+from xmppd.module_api import IqRequest, Module, StoreKind, Target, hook, iq_handler
+from xmppd.ns import NS_DATA
+from xmppd.stanza import make, new_id
+from xmppd.storage import ArchiveItem, JsonValue, StorageError
+from xmppd.stream.serializer import serialize
+
+NS_MAM = "urn:xmpp:mam:2"
+NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_XDATA_VALIDATE = "http://jabber.org/protocol/xdata-validate"
+QUERY = f"{{{NS_MAM}}}query"
+FLIP_PAGE = f"{{{NS_MAM}}}flip-page"
+PREFS_DEFAULTS = ("always", "never", "roster")
+
+# Incoming: after stanza-id stamping (FIRST+100), blocking (FIRST) and forged-carbon removal
+# (FIRST+50); before carbons (LOW), deliver-to-all-resources (LOW) and core delivery.
+INCOMING_PRIORITY = Priority.LOW + 100
+# Outgoing: after blocking and stanza-id policing; before carbons copies the sent message
+# (LOW), so the sent carbon carries the archive id; the id leaves the routed copy at UNTAG.
+OUTGOING_PRIORITY = Priority.NORMAL
+UNTAG_PRIORITY = Priority.LOW - 100
+
+LEASE_US = 60_000_000
+RENEW_MARGIN_US = 5_000_000
+MAX_IDS = 256  # ids in one 'ids' field
+MAX_JIDS = 1000  # JIDs in one <always/> or <never/> list
+MAX_QUERYID = 256
+_ARCHIVED_TYPES = frozenset({"chat", "normal"})
+_NO_STORE = frozenset({f"{{{NS_HINTS}}}no-store", f"{{{NS_HINTS}}}no-permanent-store"})
+_CONTENT = frozenset({BODY, f"{{{NS_HINTS}}}store"})
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+_KNOWN_FIELDS = frozenset({"with", "start", "end", "before-id", "after-id", "ids"})
+
+
+def scan(element: etree._Element, by: str | None) -> tuple[bool, str | None]:
+    """One pass over the children: whether the message is worth archiving (a <body/> or the
+    <store/> hint, and no no-store hint), and the stanza id stamped ``by`` (if given)."""
+    content = False
+    stamped = None
+    for child in element:
+        tag = child.tag
+        if tag in _CONTENT:
+            content = True
+        elif tag in _NO_STORE:
+            return False, None
+        elif by is not None and tag == STANZA_ID and stamped is None and child.get("by") == by:
+            stamped = child.get("id")
+    return content, stamped
+
+
+@dataclass(frozen=True, slots=True)
+class Prefs:
+    """XEP-0441 archiving preferences of one account."""
+
+    default: str
+    always: frozenset[JID] = frozenset()
+    never: frozenset[JID] = frozenset()
+
+    def verdict(self, peer: JID) -> bool | None:
+        """Archive with `peer`? None: it depends on the roster (default 'roster').
+
+        XEP-0441 §"JID matching": a listed bare JID matches any resource; 'never' wins.
+        """
+        bare = peer.bare
+        if peer in self.never or bare in self.never:
+            return False
+        if peer in self.always or bare in self.always:
+            return True
+        if self.default == "always":
+            return True
+        if self.default == "never":
+            return False
+        return None
+
+    def to_json(self) -> JsonValue:
+        """The stored form."""
+        return {
+            "default": self.default,
+            "always": [str(jid) for jid in sorted(map(str, self.always))],
+            "never": [str(jid) for jid in sorted(map(str, self.never))],
+        }
+
+    @classmethod
+    def from_json(cls, value: object, fallback: str) -> Prefs:
+        """Read the stored form (anything unreadable gives the server default)."""
+        if not isinstance(value, dict):
+            return cls(fallback)
+        default = value.get("default")
+        return cls(
+            default if isinstance(default, str) and default in PREFS_DEFAULTS else fallback,
+            _jids(value.get("always")),
+            _jids(value.get("never")),
+        )
+
+
+def _jids(value: object) -> frozenset[JID]:
+    found = set()
+    if isinstance(value, list):
+        for text in value:
+            try:
+                found.add(JID.parse(str(text)))
+            except JIDError:
+                continue
+    return frozenset(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed archive query."""
+
+    queryid: str | None
+    with_jid: JID | None
+    start: float | None
+    end: float | None
+    after_id: str | None
+    before_id: str | None
+    ids: tuple[str, ...] | None
+    rsm: RsmRequest
+    flip: bool
+
+
+class Mam(Module):
+    """Message Archive Management for local accounts."""
+
+    xeps = (313, 59, 441)
+    account_features = (NS_MAM, NS_MAM_EXTENDED)
+    depends = ("stanza_id", "roster")
+    stores = {"mam": StoreKind.ARCHIVE, "mam_prefs": StoreKind.KEYVALUE}
+
+    @dataclass(frozen=True)
+    class Options:
+        """Module options."""
+
+        default: str = "always"  # archiving for accounts without preferences: always|never|roster
+        max_age_days: int = 0  # entries older than this are removed; 0 keeps them forever
+        expire_interval: int = 3600  # seconds between two expiry runs
+        page_size: int = 50  # results per query when the client gives no RSM <max/>
+        max_page_size: int = 250  # results per query at most (a larger <max/> is capped)
+
+    async def load(self) -> None:
+        """Read every account's preferences and the id lease; start the expiry job."""
+        options = self.options
+        if options.default not in PREFS_DEFAULTS:
+            raise ConfigError(f"modules.mam.default must be one of {', '.join(PREFS_DEFAULTS)}")
+        if options.page_size < 1 or options.max_page_size < options.page_size:
+            raise ConfigError("modules.mam: need 1 <= page_size <= max_page_size")
+        if options.max_age_days < 0 or options.expire_interval < 1:
+            raise ConfigError("modules.mam: max_age_days >= 0 and expire_interval >= 1")
+        self.store = self.ctx.archive("mam")
+        self._kv = self.ctx.keyvalue("mam_prefs")
+        self._server_prefs = Prefs(options.default)
+        self._prefs: dict[str, Prefs] = {}
+        for user in await self._kv.users():
+            if user:
+                self._prefs[user] = Prefs.from_json(
+                    await self._kv.get(user, "prefs"), options.default
+                )
+        stored = await self._kv.get("", "lease")
+        floor = stored if isinstance(stored, int) and not isinstance(stored, bool) else 0
+        self.ids = SortableIds(floor)
+        self._lease = floor
+        self._renewing = asyncio.Lock()
+        if options.max_age_days > 0:
+            self.ctx.every(options.expire_interval, self.expire)
+
+    async def expire(self) -> None:
+        """Remove entries older than ``max_age_days`` (the oldest ones: no holes, §3.2)."""
+        days = self.options.max_age_days
+        if days > 0:
+            removed = await self.store.expire(time.time() - days * 86400)
+            if removed:
+                self.ctx.log.info("expired %d archived messages", removed)
+
+    @hook(ACCOUNT_REMOVED)
+    async def forget(self, event: AccountRemoved) -> None:
+        """The account's stores are deleted by the server; drop its cached preferences."""
+        if event.jid.local is not None:
+            self._prefs.pop(event.jid.local, None)
+
+    # --- archiving -----------------------------------------------------------------------
+    def _write(self, user: str, element: etree._Element, peer: JID, id_: str) -> None:
+        """Issue the archive write now (queued for the next group commit)."""
+        try:
+            future = self.store.append_nowait(
+                user, serialize(element).decode(), with_jid=str(peer.bare), id=id_
+            )
+        except StorageError:
+            self.ctx.log.exception("archiving a message for %s failed", user)
+            return
+        future.add_done_callback(self._written)
+
+    def _written(self, future: asyncio.Future[str]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.ctx.log.error("archiving a message failed: %s", future.exception())
+
+    def _verdict(self, user: str, peer: JID) -> bool | None:
+        return self._prefs.get(user, self._server_prefs).verdict(peer)
+
+    async def _in_roster(self, account: JID, peer: JID) -> bool:
+        query = RosterQuery(account, contact=peer.bare)
+        if not await self.ctx.fire(ROSTER_QUERY, query):
+            return False
+        return peer.bare in query.subscriptions
+
+    @hook(MESSAGE_BARE, priority=INCOMING_PRIORITY)
+    @hook(MESSAGE_FULL, priority=INCOMING_PRIORITY)
+    def incoming(self, event: StanzaEvent) -> bool | Awaitable[bool]:
+        """Archive a message an account receives, under the stanza id stamped for it."""
+        to = event.to
+        user = to.local
+        type_ = event.stanza.type or "normal"
+        if user is None or type_ not in _ARCHIVED_TYPES:
+            return False
+        element = event.stanza.element
+        account = to.bare
+        content, id_ = scan(element, str(account))
+        if not content or id_ is None:  # no stamp: not an account of ours (it bounces)
+            return False
+        if to.resource is not None and type_ == "normal" and self.ctx.sessions.get(to) is None:
+            return False  # RFC 6121 §8.5.3.2.1: bounces, so it was never received
+        peer = event.stanza.from_
+        verdict = self._verdict(user, peer)
+        if verdict is None:
+            return self._archive_if_in_roster(user, account, element, peer, id_)
+        if verdict:
+            self._write(user, element, peer, id_)
+        return False
+
+    async def _archive_if_in_roster(
+        self, user: str, account: JID, element: etree._Element, peer: JID, id_: str
+    ) -> bool:
+        if await self._in_roster(account, peer):
+            self._write(user, element, peer, id_)
+        return False
+
+    @hook(PRE_MESSAGE, priority=OUTGOING_PRIORITY)
+    def outgoing(self, event: StanzaEvent) -> bool | Awaitable[bool]:
+        """Archive a message an account sends (to anyone but itself: that copy is archived
+        when received), and tag it with its archive id for the sent carbons."""
+        session = event.origin
+        to = event.to
+        if session is None or session.jid is None or to.local is None:
+            return False
+        account = session.jid.bare
+        user = account.local
+        if user is None or to.bare == account:
+            return False
+        if (event.stanza.type or "normal") not in _ARCHIVED_TYPES:
+            return False
+        element = event.stanza.element
+        content, _ = scan(element, None)
+        if not content:
+            return False
+        verdict = self._verdict(user, to)
+        if verdict is False:
+            return False
+        if verdict is None or not self._within_lease():
+            return self._archive_outgoing_later(account, element, to, roster=verdict is None)
+        self._archive_outgoing(account, element, to, self.ids.next())
+        return False
+
+    async def _archive_outgoing_later(
+        self, account: JID, element: etree._Element, to: JID, *, roster: bool
+    ) -> bool:
+        if roster and not await self._in_roster(account, to):
+            return False
+        self._archive_outgoing(account, element, to, await self.next_id())
+        return False
+
+    def _archive_outgoing(self, account: JID, element: etree._Element, to: JID, id_: str) -> None:
+        assert account.local is not None
+        self._write(account.local, element, to, id_)
+        if len(self.ctx.sessions.sessions(account)) > 1:  # someone may get a sent carbon
+            stamp_stanza_id(element, str(account), id_, replace=False)
+
+    @hook(PRE_MESSAGE, priority=UNTAG_PRIORITY)
+    def untag(self, event: StanzaEvent) -> bool:
+        """The archive id went into the sent carbons; the recipient must not get it."""
+        session = event.origin
+        element = event.stanza.element
+        if session is None or session.jid is None or not len(element):
+            return False
+        last = element[-1]
+        if last.tag == STANZA_ID and last.get("by") == str(session.jid.bare):
+            element.remove(last)
+        return False
+
+    def _within_lease(self) -> bool:
+        return self.ids.peek() + RENEW_MARGIN_US <= self._lease
+
+    async def next_id(self) -> str:
+        """A new id for an outgoing message; extends the persisted lease first if needed."""
+        while not self._within_lease():
+            async with self._renewing:
+                wanted = self.ids.peek() + RENEW_MARGIN_US
+                if wanted > self._lease:
+                    lease = wanted + LEASE_US
+                    await self._kv.set("", "lease", lease)
+                    self._lease = lease
+        return self.ids.next()
+
+    # --- preferences (XEP-0441) ----------------------------------------------------------
+    @iq_handler("get", NS_MAM, "prefs", to=Target.ACCOUNT)
+    async def get_prefs(self, request: IqRequest) -> etree._Element:
+        """The account's preferences (the server default when it set none)."""
+        user = request.own_account("the archiving preferences")
+        return _prefs_element(self._prefs.get(user, self._server_prefs))
+
+    @iq_handler("set", NS_MAM, "prefs", to=Target.ACCOUNT)
+    async def set_prefs(self, request: IqRequest) -> etree._Element:
+        """Replace the account's preferences; answers with what was applied."""
+        user = request.own_account("the archiving preferences")
+        prefs = _parse_prefs(request.payload)
+        await self._kv.set(user, "prefs", prefs.to_json())
+        self._prefs[user] = prefs
+        return _prefs_element(prefs)
+
+    # --- queries -------------------------------------------------------------------------
+    @iq_handler("get", NS_MAM, "query", to=Target.ACCOUNT)
+    async def query_form(self, request: IqRequest) -> etree._Element:
+        """§"Retrieving form fields": the fields a query may use."""
+        request.own_account("the message archive")
+        query = etree.Element(QUERY, nsmap={None: NS_MAM})
+        validate = etree.Element(
+            f"{{{NS_XDATA_VALIDATE}}}validate", nsmap={None: NS_XDATA_VALIDATE}
+        )
+        validate.set("datatype", "xs:string")
+        etree.SubElement(validate, f"{{{NS_XDATA_VALIDATE}}}open")
+        query.append(
+            build_form(
+                NS_MAM,
+                [
+                    Field("with", "jid-single"),
+                    Field("start"),
+                    Field("end"),
+                    Field("before-id"),
+                    Field("after-id"),
+                    Field("ids", "list-multi", extra=(validate,)),
+                ],
+            )
+        )
+        return query
+
+    @iq_handler("get", NS_MAM, "metadata", to=Target.ACCOUNT)
+    async def metadata(self, request: IqRequest) -> etree._Element:
+        """§"Archive metadata": id and time of the first and last entries (empty if none)."""
+        user = request.own_account("the message archive")
+        result = etree.Element(f"{{{NS_MAM}}}metadata", nsmap={None: NS_MAM})
+        first = await self.store.items(user, limit=1)
+        last = await self.store.items(user, limit=1, reverse=True)
+        if first and last:
+            for name, item in (("start", first[0]), ("end", last[0])):
+                etree.SubElement(
+                    result,
+                    f"{{{NS_MAM}}}{name}",
+                    id=_public_id(item),
+                    timestamp=format_stamp(item.when),
+                )
+        return result
+
+    @iq_handler("set", NS_MAM, "query", to=Target.ACCOUNT)
+    async def query(self, request: IqRequest) -> etree._Element:
+        """§4: send the matching page as <result/> messages, then answer with <fin/>."""
+        user = request.own_account("the message archive")
+        session = request.origin
+        if session is None or session.jid is None:
+            raise StanzaError("forbidden", "archive queries come from the account's clients")
+        query = _parse_query(request.payload)
+        account = request.to.bare
+        page, complete, first_index, count = await self._page(user, query)
+        sent = reversed(page) if query.flip else page
+        for item in sent:
+            session.send(self._result(item, query.queryid, account, session.jid))
+        fin = etree.Element(f"{{{NS_MAM}}}fin", nsmap={None: NS_MAM})
+        if complete:
+            fin.set("complete", "true")
+        fin.append(
+            build_set(
+                _public_id(page[0]) if page else None,
+                _public_id(page[-1]) if page else None,
+                first_index=first_index,
+                count=count,
+            )
+        )
+        return fin
+
+    async def _key_of(self, user: str, id_: str) -> str:
+        item = await self.store.find(user, id_)
+        if item is None:
+            raise StanzaError("item-not-found", "no message with this id in the archive")
+        return item.key
+
+    async def _page(
+        self, user: str, query: Query
+    ) -> tuple[list[ArchiveItem], bool, int | None, int | None]:
+        """The page of results, whether it completes the result set, the index of its first
+        item and the size of the result set (those two None when not known)."""
+        store = self.store
+        lower = None if query.after_id is None else await self._key_of(user, query.after_id)
+        upper = None if query.before_id is None else await self._key_of(user, query.before_id)
+        if query.ids is not None and await store.count(user, ids=query.ids) < len(set(query.ids)):
+            raise StanzaError("item-not-found", "an id is not in the archive")
+        rsm = query.rsm
+        page_size = self.options.page_size if rsm.max is None else rsm.max
+        page_size = min(page_size, self.options.max_page_size)
+        backward = rsm.before is not None
+        page_lower, page_upper = lower, upper
+        if rsm.after is not None:
+            page_lower = _max_key(lower, await self._key_of(user, rsm.after))
+        if rsm.before:
+            page_upper = _min_key(upper, await self._key_of(user, rsm.before))
+        with_jid = query.with_jid
+        with_bare = None if with_jid is None else str(with_jid.bare)
+
+        async def items(after: str | None, before: str | None, limit: int) -> list[ArchiveItem]:
+            return await store.items(
+                user,
+                after=after,
+                before=before,
+                start=query.start,
+                end=query.end,
+                with_jid=with_bare,
+                ids=query.ids,
+                limit=limit,
+                reverse=backward,
+            )
+
+        async def count(before: str | None) -> int:
+            return await store.count(
+                user,
+                after=lower,
+                before=before,
+                start=query.start,
+                end=query.end,
+                with_jid=with_bare,
+                ids=query.ids,
+            )
+
+        if with_jid is not None and with_jid.resource is not None:
+            # Entries are filed under bare JIDs: a full JID needs the stored message, so
+            # this slower path gives no count and no index.
+            page, more = await _page_filtered(
+                items, with_jid, page_lower, page_upper, page_size, backward=backward
+            )
+            return page, not more, None, None
+        skip = 0
+        if rsm.index is not None and rsm.after is None and rsm.before is None:
+            skip = rsm.index
+            if skip > 10 * self.options.max_page_size:
+                raise StanzaError("feature-not-implemented", "RSM index too far; page by id")
+        fetched = (await items(page_lower, page_upper, skip + page_size + 1))[skip:]
+        more = len(fetched) > page_size
+        page = fetched[:page_size]
+        if backward:
+            page.reverse()
+        first_index = await count(page[0].key) if page else None
+        return page, not more, first_index, await count(upper)
+
+    def _result(
+        self, item: ArchiveItem, queryid: str | None, account: JID, to: JID
+    ) -> etree._Element:
+        message = make("message", from_=account, to=to, id_=new_id())
+        result = etree.SubElement(message, f"{{{NS_MAM}}}result", nsmap={None: NS_MAM})
+        if queryid is not None:
+            result.set("queryid", queryid)
+        result.set("id", _public_id(item))
+        forwarded = etree.SubElement(result, f"{{{NS_FORWARD}}}forwarded", nsmap={None: NS_FORWARD})
+        delay = etree.SubElement(forwarded, f"{{{NS_DELAY}}}delay", nsmap={None: NS_DELAY})
+        delay.set("stamp", format_stamp(item.when))
+        try:
+            forwarded.append(etree.fromstring(item.value.encode(), _PARSER))
+        except etree.XMLSyntaxError:
+            # §3.2: a message that cannot be given is left out; id, time and JID stay.
+            self.ctx.log.error("archived message %s of %s is unreadable", item.key, account)
+        return message
+
+
+def _public_id(item: ArchiveItem) -> str:
+    return item.id if item.id is not None else item.key
+
+
+def _max_key(a: str | None, b: str) -> str:
+    return b if a is None or int(b) > int(a) else a
+
+
+def _min_key(a: str | None, b: str) -> str:
+    return b if a is None or int(b) < int(a) else a
+
+
+def _matches(item: ArchiveItem, with_jid: JID) -> bool:
+    """Whether the stored message is from or to exactly the full JID `with_jid` (§4.1.1)."""
+    try:
+        element = etree.fromstring(item.value.encode(), _PARSER)
+    except etree.XMLSyntaxError:
+        return False
+    return with_jid in (_jid_or_none(element.get("from")), _jid_or_none(element.get("to")))
+
+
+def _jid_or_none(text: str | None) -> JID | None:
+    try:
+        return None if text is None else JID.parse(text)
+    except JIDError:
+        return None
+
+
+async def _page_filtered(
+    items: Callable[[str | None, str | None, int], Awaitable[list[ArchiveItem]]],
+    with_jid: JID,
+    lower: str | None,
+    upper: str | None,
+    page_size: int,
+    *,
+    backward: bool,
+) -> tuple[list[ArchiveItem], bool]:
+    """Page over entries filed under the bare JID, keeping those with the full `with_jid`;
+    returns the page and whether more match beyond it."""
+    found: list[ArchiveItem] = []
+    chunk = page_size + 1
+    while len(found) <= page_size:
+        batch = await items(lower, upper, chunk)
+        found.extend(item for item in batch if _matches(item, with_jid))
+        if len(batch) < chunk:
+            break
+        if backward:
+            upper = batch[-1].key
+        else:
+            lower = batch[-1].key
+    more = len(found) > page_size
+    page = found[:page_size]
+    if backward:
+        page.reverse()
+    return page, more
+
+
+def _parse_query(payload: etree._Element) -> Query:
+    """Read <query/>: its form, RSM <set/> and <flip-page/>.
+
+    Raises:
+        StanzaError: bad-request for a malformed query; feature-not-implemented for an
+            unknown form field or a pubsub 'node'.
+    """
+    if payload.get("node") is not None:
+        raise StanzaError("feature-not-implemented", "pubsub archives are not served here")
+    queryid = payload.get("queryid")
+    if queryid is not None and len(queryid) > MAX_QUERYID:
+        raise StanzaError("bad-request", "queryid too long")
+    forms = payload.findall(f"{{{NS_DATA}}}x")
+    if len(forms) > 1:
+        raise StanzaError("bad-request", "more than one data form")
+    values: dict[str, list[str]] = {}
+    if forms:
+        form = parse_submitted(forms[0])
+        if form.form_type is not None and form.form_type != NS_MAM:
+            raise StanzaError("bad-request", f"FORM_TYPE must be {NS_MAM}")
+        values = form.values
+        unknown = set(values) - _KNOWN_FIELDS
+        if unknown:
+            raise StanzaError(
+                "feature-not-implemented", f"unknown form field {sorted(unknown)[0]!r}"
+            )
+
+    def single(var: str) -> str | None:
+        found = values.get(var)
+        if not found or (len(found) == 1 and not found[0]):
+            return None
+        if len(found) > 1:
+            raise StanzaError("bad-request", f"form field {var!r} takes one value")
+        return found[0]
+
+    def stamp(var: str) -> float | None:
+        text = single(var)
+        if text is None:
+            return None
+        try:
+            return parse_stamp(text)
+        except (ValueError, OverflowError):
+            raise StanzaError("bad-request", f"{var!r} is not a XEP-0082 DateTime") from None
+
+    with_text = single("with")
+    try:
+        with_jid = None if with_text is None else JID.parse(with_text)
+    except JIDError:
+        raise StanzaError("bad-request", "'with' is not a valid JID") from None
+    ids = None
+    if "ids" in values:
+        ids = tuple(value for value in values["ids"] if value)
+        if len(ids) > MAX_IDS:
+            raise StanzaError("policy-violation", f"at most {MAX_IDS} ids per query")
+    return Query(
+        queryid=queryid,
+        with_jid=with_jid,
+        start=stamp("start"),
+        end=stamp("end"),
+        after_id=single("after-id"),
+        before_id=single("before-id"),
+        ids=ids,
+        rsm=parse_set(payload) or RsmRequest(),
+        flip=payload.find(FLIP_PAGE) is not None,
+    )
+
+
+def _prefs_element(prefs: Prefs) -> etree._Element:
+    element = etree.Element(f"{{{NS_MAM}}}prefs", nsmap={None: NS_MAM}, default=prefs.default)
+    for name, jids in (("always", prefs.always), ("never", prefs.never)):
+        listed = etree.SubElement(element, f"{{{NS_MAM}}}{name}")
+        for jid in sorted(map(str, jids)):
+            etree.SubElement(listed, f"{{{NS_MAM}}}jid").text = jid
+    return element
+
+
+def _parse_prefs(payload: etree._Element) -> Prefs:
+    """Read a <prefs/> set.
+
+    Raises:
+        StanzaError: bad-request for a missing or unknown default, a repeated list or a
+            malformed JID; policy-violation for overlong lists.
+    """
+    default = payload.get("default")
+    if default not in PREFS_DEFAULTS:
+        raise StanzaError("bad-request", "'default' must be always, never or roster")
+    lists: dict[str, frozenset[JID]] = {}
+    for name in ("always", "never"):
+        found = payload.findall(f"{{{NS_MAM}}}{name}")
+        if len(found) > 1:
+            raise StanzaError("bad-request", f"more than one <{name}/>")
+        lists[name] = (
+            _parse_jids(found[0].iterchildren(f"{{{NS_MAM}}}jid")) if found else (frozenset())
+        )
+    return Prefs(default, lists["always"], lists["never"])
+
+
+def _parse_jids(elements: Iterable[etree._Element]) -> frozenset[JID]:
+    jids = set()
+    for element in elements:
+        try:
+            jids.add(JID.parse((element.text or "").strip()))
+        except JIDError:
+            raise StanzaError("jid-malformed", "a listed JID is not valid") from None
+        if len(jids) > MAX_JIDS:
+            raise StanzaError("policy-violation", f"at most {MAX_JIDS} JIDs per list")
+    return frozenset(jids)
