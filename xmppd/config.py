@@ -67,6 +67,14 @@ class HostConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ComponentConfig:
+    """One external component (XEP-0114): its domain and the shared secret of its handshake."""
+
+    domain: str
+    secret: str = field(repr=False)  # never in logs or reprs
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole server configuration."""
 
@@ -75,6 +83,8 @@ class Config:
     hosts: tuple[HostConfig, ...]
     c2s: tuple[tuple[str, int], ...] = (("127.0.0.1", 5222),)
     c2s_direct_tls: tuple[tuple[str, int], ...] = (("127.0.0.1", 5223),)
+    component: tuple[tuple[str, int], ...] = ()  # XEP-0114 listener: none by default
+    components: Mapping[str, ComponentConfig] = field(default_factory=dict)
     storage: str = "sqlite"
     database: Path | None = None
     require_encryption: bool = True
@@ -213,6 +223,30 @@ def _auth(reader: _Reader) -> AuthConfig:
     return result
 
 
+def _components(reader: _Reader, local: set[str]) -> dict[str, ComponentConfig]:
+    """`[component."<domain>"]` tables: XEP-0114 external components and their secrets."""
+    tables = reader.table_of("component")
+    out: dict[str, ComponentConfig] = {}
+    for raw in tables.table:
+        key = f'"{raw}"'
+        try:
+            domain = prep_domain(raw)
+        except JIDError as exc:
+            raise tables.error(key, f"{raw!r} is not a valid domain: {exc}") from exc
+        if domain in local:
+            raise tables.error(key, "a component cannot take a domain listed in 'hosts'")
+        if domain in out:
+            raise tables.error(key, "this component domain is configured twice")
+        table = tables.table_of(raw)
+        table.where = f'component."{raw}"'
+        secret = table.get("secret", str, "")
+        if not secret:
+            raise table.error("secret", "a non-empty shared secret is required")
+        table.finish()
+        out[domain] = ComponentConfig(domain, secret)
+    return out
+
+
 def parse(data: Mapping[str, Any], *, base: Path, origin: str, path: Path | None) -> Config:
     """Build a Config from a parsed TOML document."""
     top = _Reader(data, "", origin)
@@ -254,7 +288,11 @@ def parse(data: Mapping[str, Any], *, base: Path, origin: str, path: Path | None
         _address(a, listen, "c2s_direct_tls")
         for a in listen.strings("c2s_direct_tls", ("127.0.0.1:5223",)) or ()
     )
+    component_listen = tuple(
+        _address(a, listen, "component") for a in listen.strings("component", ()) or ()
+    )
     listen.finish()
+    components = _components(top, {h.domain for h in hosts})
     log = top.table_of("log")
     log_level = log.get("level", str, "info").lower()
     if log_level not in LOG_LEVELS:
@@ -277,6 +315,8 @@ def parse(data: Mapping[str, Any], *, base: Path, origin: str, path: Path | None
         hosts=tuple(hosts),
         c2s=c2s,
         c2s_direct_tls=direct,
+        component=component_listen,
+        components=components,
         storage=storage,
         database=_path(data_dir, top.get("database", str, "")),
         require_encryption=top.get("c2s_require_encryption", bool, True),

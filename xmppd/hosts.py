@@ -1,4 +1,5 @@
-"""A served domain: a local host (accounts live here) or a service subdomain of one.
+"""A served domain: a local host (accounts live here), a service subdomain of one, or the
+domain of an external component (XEP-0114), whose stanzas its connection carries.
 
 Each host has its own event bus, IQ table, disco registry, stream features, nonza handlers and
 pre-authentication registry (features and IQ handlers offered before login, e.g. XEP-0077);
@@ -31,10 +32,11 @@ NonzaHandler = Callable[["Session", etree._Element], Awaitable[None]]
 class Host:
     """One served domain."""
 
-    def __init__(self, domain: str, *, parent: Host | None = None) -> None:
+    def __init__(self, domain: str, *, parent: Host | None = None, external: bool = False) -> None:
         self.domain = domain
         self.jid = JID(None, domain, None)
         self.parent = parent  # set for service subdomains such as conference.<host>
+        self.external = external  # an external component's domain (XEP-0114): no modules
         self.bus = EventBus()
         self.iq = IqDispatcher()
         self.features = FeatureRegistry()
@@ -60,8 +62,8 @@ class Host:
 
     @property
     def is_local(self) -> bool:
-        """Whether accounts live on this host (not a service subdomain)."""
-        return self.parent is None
+        """Whether accounts live on this host (not a service subdomain nor a component)."""
+        return self.parent is None and not self.external
 
     def __repr__(self) -> str:
         return f"<Host {self.domain}>"

@@ -110,6 +110,29 @@ class Router:
         except Exception:
             logger.exception("failed routing server-generated %s", kind)
 
+    async def from_component(self, element: etree._Element, from_: JID, to: JID) -> None:
+        """Route a stanza from an authenticated external component (XEP-0114), in order.
+
+        The component connection has already checked that 'from' is in its domain and that
+        'to' is present and well-formed (RFC 6120 §4.9.3.7, §4.9.3.9): the rest is validated
+        like a client's stanza (§8.1-8.2), then routed like a server-generated one (no PRE_*
+        events: those belong to local senders).
+        """
+        kind = STANZA_TAGS[cast(str, element.tag)]  # the connection only passes stanza tags
+        try:
+            self._check(element, kind, element.get("type"))
+        except StanzaError as err:
+            await self._reply_error(element, err, str(to))
+            return
+        stanza = Stanza(element, kind, element.get("type"), from_, to)
+        try:
+            await self._dispatch(ev.StanzaEvent(stanza, None, to))
+        except StanzaError as err:
+            await self._reply_error(element, err, str(to))
+        except Exception:
+            logger.exception("failed routing %s from component %s", kind, from_.domain)
+            await self._reply_error(element, StanzaError("internal-server-error"), str(to))
+
     async def _dispatch(self, event: ev.StanzaEvent) -> None:
         stanza = event.stanza
         to = event.to

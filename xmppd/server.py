@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import ipaddress
 import logging
 import os
 import resource
@@ -25,9 +26,10 @@ from xmppd import __version__, certs
 from xmppd import events as ev
 from xmppd.accounts import AccountStore
 from xmppd.admin import ANNOUNCE_MAX_BODY, ANNOUNCE_MAX_SUBJECT, AdminServer
-from xmppd.config import Config
+from xmppd.config import Config, ConfigError
 from xmppd.delivery import Delivery
 from xmppd.errors import StreamError
+from xmppd.features import DiscoItem
 from xmppd.hosts import Host
 from xmppd.jid import JID, JIDError
 from xmppd.module_manager import ModuleManager, shipped_modules
@@ -37,6 +39,7 @@ from xmppd.session import Session
 from xmppd.session_manager import SessionManager
 from xmppd.stanza import make, new_id
 from xmppd.storage import ArchiveStore, KeyValueStore, Storage, open_storage
+from xmppd.stream.component import ComponentConnection, register_component_host
 from xmppd.stream.connection import C2SConnection
 from xmppd.stream.parser import drain_pool, take_discarded
 from xmppd.throttle import AuthThrottle
@@ -64,7 +67,10 @@ class Server:
         self.modules = ModuleManager(self)
         self.connections: set[C2SConnection] = set()
         self.congested: C2SConnection | None = None
-        self.ports: dict[str, list[int]] = {"c2s": [], "c2s_direct_tls": []}
+        self.ports: dict[str, list[int]] = {"c2s": [], "c2s_direct_tls": [], "component": []}
+        # XEP-0114: the authenticated connection of each component domain, and every one.
+        self.components: dict[str, ComponentConnection] = {}
+        self.component_connections: set[ComponentConnection] = set()
         self._listeners: list[asyncio.AbstractServer] = []
         self._tls: ssl.SSLContext | None = None
         self._end_point: dict[int, bytes] = {}
@@ -106,6 +112,7 @@ class Server:
                 options,
                 where,
             )
+        self._add_component_hosts()
         loop = asyncio.get_running_loop()
         for kind, addresses in (
             ("c2s", self.config.c2s),
@@ -126,6 +133,21 @@ class Server:
                 for sock in listener.sockets:
                     self.ports[kind].append(sock.getsockname()[1])
                 logger.info("listening for %s on %s:%d", kind, address, self.ports[kind][-1])
+        for address, port in self.config.component:
+            listener = await loop.create_server(
+                lambda: ComponentConnection(self), address, port, reuse_address=True
+            )
+            self._listeners.append(listener)
+            for sock in listener.sockets:
+                self.ports["component"].append(sock.getsockname()[1])
+            logger.info("listening for components on %s:%d", address, self.ports["component"][-1])
+            if not _is_loopback(address):
+                logger.warning(
+                    "the component listener on %s is not on a loopback address: XEP-0114 has "
+                    "no TLS, so secrets' hashes and all component traffic cross the network "
+                    "in the clear",
+                    address,
+                )
         self._admin = AdminServer(
             self.config.admin_socket,
             {
@@ -139,6 +161,22 @@ class Server:
         self._sweeper = asyncio.get_running_loop().create_task(self._idle_sweep())
         logger.info("xmppd %s serving %s", __version__, ", ".join(sorted(self.hosts)))
 
+    def _add_component_hosts(self) -> None:
+        """XEP-0114: a host per configured component; listed in the disco#items of the local
+        host it is a subdomain of (as Prosody does), whether connected or not."""
+        for domain in self.config.components:
+            if domain in self.hosts:
+                raise ConfigError(
+                    f'{self.config.path or "<config>"}: component."{domain}": '
+                    "the domain is already served (by a module)"
+                )
+            host = Host(domain, external=True)
+            self.hosts[domain] = host
+            register_component_host(host, self.components)
+            parent = self.hosts.get(domain.partition(".")[2])
+            if parent is not None and parent.is_local:
+                parent.features.items.append(DiscoItem(domain))
+
     async def stop(self, reason: str = "system-shutdown") -> None:
         """Close streams with <system-shutdown/>, let modules flush, close storage."""
         if self._stopping:
@@ -150,6 +188,8 @@ class Server:
             self._sweeper.cancel()
         for conn in list(self.connections):
             conn.close(StreamError("system-shutdown", "the server is shutting down"))
+        for component in list(self.component_connections):
+            component.close(StreamError("system-shutdown", "the server is shutting down"))
         for session in self.sessions.all_sessions():
             await self.session_ended(session, reason)
         for host in self.hosts.values():
@@ -437,8 +477,18 @@ class Server:
             "paused_senders": sum(1 for conn in self.connections if conn.blocked),
             "rss_kib": _rss_kib(),
             "hosts": sorted(self.hosts),
+            "components_connected": sorted(self.components),
             "pid": os.getpid(),
         }
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _rss_kib() -> int:

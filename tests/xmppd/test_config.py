@@ -331,3 +331,70 @@ def test_error_in_file_names_the_file(tmp_path: Path):
         load(path)
 
     assert str(info.value).startswith(f"{path}: auth.scram_iterations: ")
+
+
+# --- XEP-0114 components --------------------------------------------------------------------------
+
+
+def test_component_listener_and_secrets() -> None:
+    config = parse_dict(
+        {
+            "listen": {"component": ["127.0.0.1:5347"]},
+            "component": {"Push.Localhost": {"secret": "abc"}},
+        }
+    )
+
+    assert config.component == (("127.0.0.1", 5347),)
+    assert list(config.components) == ["push.localhost"]
+    assert config.components["push.localhost"].secret == "abc"
+    assert "abc" not in repr(config.components["push.localhost"])
+
+
+def test_no_component_listener_by_default() -> None:
+    config = parse_dict({})
+
+    assert config.component == ()
+    assert config.components == {}
+
+
+def test_component_without_secret_is_refused() -> None:
+    message = config_error({"component": {"push.localhost": {}}})
+
+    assert 'component."push.localhost".secret: a non-empty shared secret is required' in message
+
+
+def test_component_with_empty_secret_is_refused() -> None:
+    message = config_error({"component": {"push.localhost": {"secret": ""}}})
+
+    assert 'component."push.localhost".secret' in message
+
+
+def test_component_secret_must_be_a_string() -> None:
+    message = config_error({"component": {"push.localhost": {"secret": 42}}})
+
+    assert 'component."push.localhost".secret: expected str, got int' in message
+
+
+def test_component_on_a_local_host_is_refused() -> None:
+    message = config_error({"component": {"localhost": {"secret": "x"}}})
+
+    assert "component.\"localhost\": a component cannot take a domain listed in 'hosts'" in message
+
+
+def test_component_with_invalid_domain_is_refused() -> None:
+    message = config_error({"component": {"bad domain!": {"secret": "x"}}})
+
+    assert 'component."bad domain!": ' in message
+    assert "not a valid domain" in message
+
+
+def test_component_unknown_key_is_refused() -> None:
+    message = config_error({"component": {"push.localhost": {"secret": "x", "port": 1}}})
+
+    assert 'component."push.localhost".port: unknown key' in message
+
+
+def test_component_listener_address_is_checked() -> None:
+    message = config_error({"listen": {"component": ["localhost"]}})
+
+    assert "listen.component: 'localhost' is not 'address:port'" in message
