@@ -26,7 +26,7 @@ folded into one more publish with the updated count, sent when the first is answ
 answer in time), which disable it only after ``max_transient_errors`` in a row. An app
 server that revokes the account's affiliation (§8: a message with ``<affiliation
 affiliation='none'/>`` for the node) disables that registration too. The count of
-messages restarts when the client binds a session or the account comes online again.
+messages restarts when the client binds or resumes a session or the account comes online again.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from xmppd.events import (
     MESSAGE_FULL,
     MESSAGE_OFFLINE,
     SESSION_BOUND,
+    SESSION_RESUMED,
     MessageOffline,
     Priority,
     SessionEvent,
@@ -255,8 +256,10 @@ class Push(Module):
             self._trigger(user, element, resources)
 
     @hook(SESSION_BOUND)
+    @hook(SESSION_RESUMED)
     async def bound(self, event: SessionEvent) -> None:
-        """The client is back: its count of missed messages starts again."""
+        """The client is back (a new session, or a resumed one): its count of missed
+        messages starts again."""
         self._reset(event.session)
 
     @hook(INITIAL_PRESENCE)

@@ -165,7 +165,7 @@ async def _open(config: Config) -> Storage:
     await asyncio.to_thread(config.data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
     if config.storage == "memory":
         raise ConfigError("storage = 'memory' keeps no accounts between processes")
-    return await open_storage("sqlite", path=config.database_path)
+    return await open_storage("sqlite", path=config.database_path, fsync=config.storage_fsync)
 
 
 def _read_password(prompt: str) -> str:
@@ -329,8 +329,15 @@ async def _check(config: Config) -> int:
         for text in await asyncio.to_thread(certs.check, cert, key, host.domain):
             level = "warning" if "expires within" in text or "self-signed" in text else "error"
             finding(level, f"{host.domain}: {text}")
-    for kind, addresses in (("c2s", config.c2s), ("c2s_direct_tls", config.c2s_direct_tls)):
+    listeners = (
+        ("c2s", config.c2s),
+        ("c2s_direct_tls", config.c2s_direct_tls),
+        ("component", config.component),
+    )
+    for kind, addresses in listeners:
         for address, port in addresses:
+            if kind == "component" and address not in ("localhost", "127.0.0.1", "::1"):
+                finding("warning", f"listen.component: {address} is not loopback (no TLS)")
             with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:

@@ -87,6 +87,7 @@ class Config:
     components: Mapping[str, ComponentConfig] = field(default_factory=dict)
     storage: str = "sqlite"
     database: Path | None = None
+    storage_fsync: bool = False  # fsync every group commit (power loss), not only process death
     require_encryption: bool = True
     log_level: str = "info"
     log_levels: Mapping[str, str] = field(default_factory=dict)
@@ -319,6 +320,7 @@ def parse(data: Mapping[str, Any], *, base: Path, origin: str, path: Path | None
         components=components,
         storage=storage,
         database=_path(data_dir, top.get("database", str, "")),
+        storage_fsync=top.get("storage_fsync", bool, False),
         require_encryption=top.get("c2s_require_encryption", bool, True),
         log_level=log_level,
         log_levels=levels,

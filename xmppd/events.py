@@ -231,6 +231,8 @@ SESSION_UNAVAILABLE: NotifyKey[SessionEvent] = NotifyKey("session/unavailable")
 # ModuleContext.end_session(). With no handler consuming it, the session ends.
 SESSION_LOST: ChainKey[SessionEvent] = ChainKey("session/lost")
 SESSION_ENDED: NotifyKey[SessionEnded] = NotifyKey("session/ended")
+# A kept session was taken over by a new connection (XEP-0198 resumption): the client is back.
+SESSION_RESUMED: NotifyKey[SessionEvent] = NotifyKey("session/resumed")
 SHUTDOWN: NotifyKey[Shutdown] = NotifyKey("server/shutdown")
 ACCOUNT_REMOVED: NotifyKey[AccountRemoved] = NotifyKey("account/removed")
 

@@ -91,7 +91,9 @@ class Server:
         if self.config.storage == "memory":
             self.storage = await open_storage("memory")
         else:
-            self.storage = await open_storage("sqlite", path=self.config.database_path)
+            self.storage = await open_storage(
+                "sqlite", path=self.config.database_path, fsync=self.config.storage_fsync
+            )
         self._accounts = AccountStore(
             self.storage,
             iterations=self.config.auth.scram_iterations,

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from tests.helpers.harness import ModuleHarness, error_condition, parse_element
+from tests.helpers.harness import FakeConnection, ModuleHarness, error_condition, parse_element
 from xeps.push import Push
+from xmppd import events as ev
 from xmppd.errors import StanzaError
 from xmppd.events import IQ_HOST, MESSAGE_OFFLINE, MessageOffline, Priority, StanzaEvent
 from xmppd.jid import JID
@@ -325,6 +326,23 @@ async def test_hibernated_session_is_pushed_for_bare_and_full_jid(
     await settle(h)
     [publish] = app.take_all()
     assert summary(publish)["message-count"] == "2"
+
+
+async def test_count_restarts_when_the_session_is_resumed(
+    h: ModuleHarness, app: AppServer, bob: Session
+) -> None:
+    alice = await h.connect("alice@localhost/phone", priority=0)
+    await enable(h, alice)
+    alice.conn = None
+    await message_from_bob(h, bob, "one")
+    await settle(h)
+    assert summary(app.take_all()[0])["message-count"] == "1"
+    alice.attach(FakeConnection())  # stream management resumes it, then says so
+    await h.host().bus.notify(ev.SESSION_RESUMED, ev.SessionEvent(alice))
+    alice.conn = None
+    await message_from_bob(h, bob, "two")
+    await settle(h)
+    assert summary(app.take_all()[0])["message-count"] == "1"
 
 
 async def test_hibernated_session_pushes_only_its_own_registration(

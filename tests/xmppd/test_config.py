@@ -48,6 +48,7 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert config.c2s == (("127.0.0.1", 5222),)
     assert config.c2s_direct_tls == (("127.0.0.1", 5223),)
     assert config.storage == "sqlite"
+    assert config.storage_fsync is False
     assert config.require_encryption is True
     assert config.log_level == "info"
     assert config.modules_enabled is None
@@ -147,6 +148,7 @@ def test_full_config_is_read(tmp_path: Path):
         """
         hosts = ["Example.ORG", "chat.example.net"]
         storage = "memory"
+        storage_fsync = true
         c2s_require_encryption = false
         modules_enabled = ["disco", "ping"]
         [listen]
@@ -175,6 +177,7 @@ def test_full_config_is_read(tmp_path: Path):
 
     assert [h.domain for h in config.hosts] == ["example.org", "chat.example.net"]
     assert config.storage == "memory"
+    assert config.storage_fsync is True
     assert config.require_encryption is False
     assert config.modules_enabled == ("disco", "ping")
     assert config.c2s == (("0.0.0.0", 5222), ("::1", 15222))
@@ -226,6 +229,7 @@ def test_unknown_key_is_an_error(data: dict[str, Any], key_path: str):
         ({"hosts": "localhost"}, "hosts: expected a list of strings"),
         ({"hosts": ["localhost", 1]}, "hosts: expected a list of strings"),
         ({"storage": 1}, "storage: expected str, got int"),
+        ({"storage_fsync": "yes"}, "storage_fsync: expected bool, got str"),
         ({"c2s_require_encryption": "yes"}, "c2s_require_encryption: expected bool, got str"),
         ({"listen": ["127.0.0.1:5222"]}, "listen: expected a table"),
         ({"listen": {"c2s": "127.0.0.1:5222"}}, "listen.c2s: expected a list of strings"),

@@ -42,6 +42,7 @@ from xmppd.events import (
     MESSAGE_OFFLINE,
     SESSION_ENDED,
     SESSION_LOST,
+    SESSION_RESUMED,
     MessageOffline,
     Priority,
     SessionEnded,
@@ -325,6 +326,7 @@ class StreamManagement(Module):
                 conn.send_element(stanza)
             if sm.unacked:
                 self._ask(old, sm)
+            await self.ctx.notify(SESSION_RESUMED, SessionEvent(old))
         finally:
             if self._state(old) is sm and self.ctx.sessions.get(old.full_jid) is old:
                 self._resumable[sm.id] = old

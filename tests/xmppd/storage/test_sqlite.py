@@ -462,3 +462,17 @@ async def test_version_1_archive_rows_survive_migration_2(
         await new.close()
     indexes = {row[0] for row in _query(db_path, "SELECT name FROM sqlite_master")}
     assert {"archive_by_ext_id", "archive_by_when"} <= indexes
+
+
+async def test_server_passes_storage_fsync_to_sqlite(tmp_path: Path) -> None:
+    from tests.conftest import make_config
+    from xmppd.server import Server
+
+    for fsync in (False, True):
+        server = Server(make_config(tmp_path / str(fsync), storage_fsync=fsync))
+        await server.start()
+        try:
+            assert isinstance(server.storage, SqliteStorage)
+            assert server.storage.fsync is fsync
+        finally:
+            await server.stop()
