@@ -355,6 +355,13 @@ class Mam(Module):
         return self.ids.next()
 
     # --- preferences (XEP-0441) ----------------------------------------------------------
+    async def _settled(self) -> None:
+        """Wait for the archive writes issued so far (they are not awaited when issued): a
+        client that saw a message live finds it in the archive right after."""
+        barrier = self.ctx.services.commit_barrier()
+        if barrier is not None:
+            await barrier
+
     @iq_handler("get", NS_MAM, "prefs", to=Target.ACCOUNT)
     async def get_prefs(self, request: IqRequest) -> etree._Element:
         """The account's preferences (the server default when it set none)."""
@@ -401,6 +408,7 @@ class Mam(Module):
         """§"Archive metadata": id and time of the first and last entries (empty if none)."""
         user = request.own_account("the message archive")
         result = etree.Element(f"{{{NS_MAM}}}metadata", nsmap={None: NS_MAM})
+        await self._settled()
         first = await self.store.items(user, limit=1)
         last = await self.store.items(user, limit=1, reverse=True)
         if first and last:
@@ -422,6 +430,7 @@ class Mam(Module):
             raise StanzaError("forbidden", "archive queries come from the account's clients")
         query = _parse_query(request.payload)
         account = request.to.bare
+        await self._settled()
         page, complete, first_index, count = await self._page(user, query)
         sent = reversed(page) if query.flip else page
         for item in sent:

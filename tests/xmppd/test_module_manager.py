@@ -560,3 +560,30 @@ async def test_shipped_modules_load_and_unload_cleanly(h: ModuleHarness, manager
     assert set(host.modules) == set(shipped_modules())
     await manager.unload_all()
     assert snapshot(host) == before
+
+
+def test_example_config_documents_every_module_option_with_its_default() -> None:
+    """conf/xmppd.toml shows each [modules.<name>] option with the module's real default,
+    and every module that has options has its table."""
+    import dataclasses
+    import tomllib
+
+    from xmppd.module_api import NoOptions
+    from xmppd.module_manager import resolve, shipped_modules
+
+    example = Path(__file__).resolve().parents[2] / "conf" / "xmppd.toml"
+    tables = tomllib.loads(example.read_text())["modules"]
+    for name in shipped_modules():
+        options = resolve(name).Options
+        if options is NoOptions or not dataclasses.fields(options):
+            continue
+        assert name in tables, f"[modules.{name}] missing from conf/xmppd.toml"
+        defaults = {
+            f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            for f in dataclasses.fields(options)
+        }
+        for key, value in tables[name].items():
+            assert key in defaults, f"modules.{name}.{key} is not an option"
+            assert value == defaults[key], f"modules.{name}.{key}: {value!r} != {defaults[key]!r}"
+        missing = set(defaults) - set(tables[name])
+        assert not missing, f"modules.{name}: undocumented {sorted(missing)}"
