@@ -194,6 +194,7 @@ class Mam(Module):
 
     async def load(self) -> None:
         """Read every account's preferences and the id lease; start the expiry job."""
+        self._sent: tuple[etree._Element, str] | None = None  # the last outgoing archived
         options = self.options
         if options.default not in PREFS_DEFAULTS:
             raise ConfigError(f"modules.mam.default must be one of {', '.join(PREFS_DEFAULTS)}")
@@ -233,12 +234,10 @@ class Mam(Module):
             self._prefs.pop(event.jid.local, None)
 
     # --- archiving -----------------------------------------------------------------------
-    def _write(self, user: str, element: etree._Element, peer: JID, id_: str) -> None:
+    def _write(self, user: str, text: str, peer: JID, id_: str) -> None:
         """Issue the archive write now (queued for the next group commit)."""
         try:
-            future = self.store.append_nowait(
-                user, serialize(element).decode(), with_jid=str(peer.bare), id=id_
-            )
+            future = self.store.append_nowait(user, text, with_jid=str(peer.bare), id=id_)
         except StorageError:
             self.ctx.log.exception("archiving a message for %s failed", user)
             return
@@ -275,17 +274,28 @@ class Mam(Module):
             return False  # RFC 6121 §8.5.3.2.1: bounces, so it was never received
         peer = event.stanza.from_
         verdict = self._verdict(user, peer)
+        # The sender's archive serialized this message a moment ago (a local sender): the
+        # same text serves, without the stanza id stamped since (the result carries the id).
+        sent, self._sent = self._sent, None
+        text = sent[1] if sent is not None and sent[0] is element else None
         if verdict is None:
-            return self._archive_if_in_roster(user, account, element, peer, id_)
+            return self._archive_if_in_roster(user, account, element, peer, id_, text=text)
         if verdict:
-            self._write(user, element, peer, id_)
+            self._write(user, text or serialize(element).decode(), peer, id_)
         return False
 
     async def _archive_if_in_roster(
-        self, user: str, account: JID, element: etree._Element, peer: JID, id_: str
+        self,
+        user: str,
+        account: JID,
+        element: etree._Element,
+        peer: JID,
+        id_: str,
+        *,
+        text: str | None,
     ) -> bool:
         if await self._in_roster(account, peer):
-            self._write(user, element, peer, id_)
+            self._write(user, text or serialize(element).decode(), peer, id_)
         return False
 
     @hook(PRE_MESSAGE, priority=OUTGOING_PRIORITY)
@@ -324,7 +334,9 @@ class Mam(Module):
 
     def _archive_outgoing(self, account: JID, element: etree._Element, to: JID, id_: str) -> None:
         assert account.local is not None
-        self._write(account.local, element, to, id_)
+        text = serialize(element).decode()
+        self._sent = (element, text)  # for the recipient's archive, when it is ours
+        self._write(account.local, text, to, id_)
         if len(self.ctx.sessions.sessions(account)) > 1:  # someone may get a sent carbon
             stamp_stanza_id(element, str(account), id_, replace=False)
 

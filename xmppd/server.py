@@ -71,6 +71,7 @@ class Server:
         # XEP-0114: the authenticated connection of each component domain, and every one.
         self.components: dict[str, ComponentConnection] = {}
         self.component_connections: set[ComponentConnection] = set()
+        self._losing: set[asyncio.Task[object]] = set()  # connection_lost() calls running
         self._listeners: list[asyncio.AbstractServer] = []
         self._tls: ssl.SSLContext | None = None
         self._end_point: dict[int, bytes] = {}
@@ -194,6 +195,10 @@ class Server:
             component.close(StreamError("system-shutdown", "the server is shutting down"))
         for session in self.sessions.all_sessions():
             await self.session_ended(session, reason)
+        # Sessions whose connections closed just now are ended by their own tasks: their
+        # handlers (last activity, stream management's unacked stanzas) still write.
+        if self._losing:
+            await asyncio.wait(list(self._losing), timeout=30.0)
         for host in self.hosts.values():
             await host.bus.notify(ev.SHUTDOWN, ev.Shutdown(reason))
         await self.modules.unload_all()
@@ -309,6 +314,10 @@ class Server:
         """A bound session lost its connection: a module may keep it detached (SESSION_LOST),
         unless the stream was closed on purpose (`resumable` False: the client closed it, or
         the server did with a stream error), which ends the session."""
+        task = asyncio.current_task()
+        if task is not None:  # stop() waits for these before it closes storage
+            self._losing.add(task)
+            task.add_done_callback(self._losing.discard)
         if (
             self._stopping
             or not resumable

@@ -30,6 +30,9 @@ class SessionTransport(Protocol):
     def send_element(self, element: etree._Element) -> None:
         """Queue one top-level element for writing."""
 
+    def send_bytes(self, data: bytes) -> None:
+        """Queue one top-level element already serialized (e.g. kept for a replay)."""
+
     def close(self, error: StreamError | None = None) -> None:
         """Close the stream, with a stream error if given."""
 

@@ -101,6 +101,10 @@ class FakeConnection:
         """Record a snapshot of the element as it would go on the wire."""
         self.sent.append(etree.fromstring(serialize(element)))
 
+    def send_bytes(self, data: bytes) -> None:
+        """Record the element the bytes carry."""
+        self.sent.append(etree.fromstring(data))
+
     def buffered(self) -> int:
         return 0
 

@@ -52,6 +52,7 @@ from xmppd.jid import JID, JIDError
 from xmppd.module_api import Module, hook, nonza_handler
 from xmppd.session import Session
 from xmppd.stanza import IQ, MESSAGE, STANZA_TAGS, Stanza, error_reply
+from xmppd.stream.serializer import serialize
 
 NS_SM = "urn:xmpp:sm:3"
 NS_CARBONS = "urn:xmpp:carbons:2"
@@ -60,6 +61,7 @@ _SKIP_ON_END = frozenset(
     {f"{{{NS_CARBONS}}}received", f"{{{NS_CARBONS}}}sent", f"{{{NS_MAM}}}result"}
 )
 EXPIRED_REMEMBERED = 10_000  # ids of ended sessions whose h is still reported in <failed/>
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
 def _sm(name: str, **attrs: str) -> etree._Element:
@@ -236,7 +238,8 @@ class StreamManagement(Module):
         sm = ext.get(SmState)
         if not isinstance(sm, SmState) or element.tag not in STANZA_TAGS:
             return element
-        sm.push(element)
+        data = serialize(element)
+        sm.push(data)
         conn = session.conn
         if conn is None or conn.closed:
             return None  # kept: replayed on resumption, or handled when the session ends
@@ -244,7 +247,7 @@ class StreamManagement(Module):
             session.log.warning("%d stanzas unacknowledged: closing", len(sm.unacked))
             session.close(StreamError("policy-violation", "too many unacknowledged stanzas"))
             return None
-        conn.send_element(element)
+        conn.send_bytes(data)
         if not sm.requested:
             interval = self.options.ack_interval
             if interval and (sm.sent - sm.acked) % MOD >= interval:
@@ -322,8 +325,8 @@ class StreamManagement(Module):
             conn.adopt(old)
             old.log.info("resumed from %s (%d stanzas to replay)", old.peer, len(sm.unacked))
             self._write(old, _sm("resumed", h=str(handled), previd=sm.id))
-            for stanza in sm.unacked:  # exactly the unacknowledged ones, in order
-                conn.send_element(stanza)
+            for data in sm.unacked:  # exactly the unacknowledged ones, in order
+                conn.send_bytes(data)
             if sm.unacked:
                 self._ask(old, sm)
             await self.ctx.notify(SESSION_RESUMED, SessionEvent(old))
@@ -346,7 +349,12 @@ class StreamManagement(Module):
             while len(self._expired) > EXPIRED_REMEMBERED:
                 self._expired.popitem(last=False)
         session.on_handled = None
-        unacked = sm.take_unacked()
+        unacked = []
+        for data in sm.take_unacked():
+            try:
+                unacked.append(etree.fromstring(data, _PARSER))
+            except etree.XMLSyntaxError:  # pragma: no cover - we serialized it
+                self.ctx.log.error("an unacknowledged stanza could not be read back")
         event.unacked.extend(unacked)
         for stanza in unacked:
             await self._rehome(session, stanza)

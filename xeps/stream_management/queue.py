@@ -6,7 +6,9 @@ Theory of operation. One `SmState` per session that enabled stream management:
   <a/>, <resumed/> and <failed/> is that count (once the storage writes of those stanzas are
   committed, which the module waits for);
 - outbound: `sent` counts stanzas written to (or kept for) the client; `unacked` holds those
-  the client has not acknowledged, oldest first; `ack(h)` drops the first ``h - acked`` of them.
+  the client has not acknowledged, oldest first, as the bytes written (a replay writes them
+  again; holding bytes rather than lxml trees keeps the queue small and lets each tree be
+  freed as soon as it is sent); `ack(h)` drops the first ``h - acked`` of them.
 
 Every counter is an unsigned 32-bit value that wraps (§4: "h ... MUST be reset to zero when it
 reaches 2^32"), so differences are taken modulo 2^32.
@@ -15,8 +17,6 @@ reaches 2^32"), so differences are taken modulo 2^32.
 from __future__ import annotations
 
 from collections import deque
-
-from lxml import etree
 
 MOD = 2**32
 
@@ -51,7 +51,7 @@ class SmState:
         self.received = 0  # client stanzas routed (mod 2^32)
         self.sent = 0  # stanzas sent to the client (mod 2^32)
         self.acked = 0  # stanzas the client acknowledged (mod 2^32)
-        self.unacked: deque[etree._Element] = deque()
+        self.unacked: deque[bytes] = deque()
         self.requested = False  # an <r/> is outstanding
         self.timer: object | None = None  # the module's timer handle (ack request or hibernation)
         self.expires = 0.0  # when a hibernated session is given up (loop time)
@@ -60,24 +60,28 @@ class SmState:
         """One more client stanza was routed."""
         self.received = (self.received + 1) % MOD
 
-    def push(self, element: etree._Element) -> None:
+    def push(self, data: bytes) -> None:
         """A stanza goes to the client: count it and keep it until acknowledged."""
-        self.unacked.append(element)
+        self.unacked.append(data)
         self.sent = (self.sent + 1) % MOD
 
-    def ack(self, h: int) -> list[etree._Element]:
-        """The client handled `h` stanzas in all: drop (and return) the newly acknowledged ones.
+    def ack(self, h: int) -> int:
+        """The client handled `h` stanzas in all: drop the newly acknowledged ones; return
+        how many they were.
 
         Raises:
             HandledCountTooHighError: `h` acknowledges stanzas never sent.
         """
         newly = (h - self.acked) % MOD
-        if newly > len(self.unacked):
+        unacked = self.unacked
+        if newly > len(unacked):
             raise HandledCountTooHighError(h, self.sent)
         self.acked = h % MOD
-        return [self.unacked.popleft() for _ in range(newly)]
+        for _ in range(newly):
+            unacked.popleft()
+        return newly
 
-    def take_unacked(self) -> list[etree._Element]:
+    def take_unacked(self) -> list[bytes]:
         """Empty the queue (the session ends): what the client never acknowledged."""
         out = list(self.unacked)
         self.unacked.clear()

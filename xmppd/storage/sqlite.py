@@ -78,7 +78,15 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 BUSY_TIMEOUT_MS = 5000
-MAX_BATCH = 1000  # writes per transaction: bounds how long one commit holds the write lock
+# Writes per transaction: bounds how long one commit holds the write lock. Big batches are
+# what makes archiving cheap: a batch dirties each index page it touches once, however many
+# rows land on it (4,000 archive rows for 400 users: about 15 µs a row, 1,000: about 25).
+MAX_BATCH = 4000
+# Pages of page cache (negative: KiB) and of WAL between checkpoints. SQLite's defaults
+# (2 MiB, 1,000 pages) make a busy archive checkpoint every few hundred commits and re-read
+# index pages it just wrote; these halve the cost of an archived row.
+CACHE_KIB = 65536
+WAL_AUTOCHECKPOINT = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +437,8 @@ def _prepare(conn: sqlite3.Connection, synchronous: str = "NORMAL") -> tuple[int
     # WAL + NORMAL: a commit survives a process crash; FULL: power loss too (module docstring).
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
     latest = MIGRATIONS[-1].version if MIGRATIONS else 0
     conn.execute("BEGIN IMMEDIATE")  # one migrator at a time across processes
     try:

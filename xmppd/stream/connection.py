@@ -704,9 +704,14 @@ class C2SConnection(asyncio.Protocol):
 
     def send_element(self, element: etree._Element) -> None:
         """Queue one top-level element (SessionTransport)."""
+        if not self._closed:
+            self.send_bytes(serialize(element))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue one serialized top-level element (SessionTransport)."""
         if self._closed:
             return
-        self._write(serialize(element))
+        self._write(data)
         # Congested: the transport paused us, or this loop turn alone already queued more than
         # the high-water mark (one turn can carry many reads from a fast sender).
         if self._congested or self._out_size > self.config.limits.output_high_water:
