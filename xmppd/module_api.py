@@ -137,7 +137,7 @@ class ServerServices(Protocol):
     async def session_ended(self, session: Session, reason: str) -> None:
         """End a bound session."""
 
-    def commit_barrier(self) -> Awaitable[None] | None:
+    def commit_barrier(self) -> asyncio.Future[None] | None:
         """Done once every storage write issued so far is committed (None: nothing pending).
 
         Stream management waits on it before acknowledging stanzas, so an ack never covers a

@@ -14,7 +14,7 @@ import os
 import resource
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +368,7 @@ class Server:
         """Whether a local account exists (always asks storage: no cached absence)."""
         return host in self.local_domains and await self.accounts.exists(host, username)
 
-    def commit_barrier(self) -> Awaitable[None] | None:
+    def commit_barrier(self) -> asyncio.Future[None] | None:
         """Done once every storage write issued so far is committed (None: nothing pending)."""
         return self.storage.barrier() if self.storage is not None else None
 

@@ -219,3 +219,39 @@ async def test_clean_close_ends_session_and_unacked_go_offline(sm_server: Server
     assert el.findtext(BODY) == "late"
     await fresh.close()
     await alice.close()
+
+
+async def test_ack_covers_only_committed_archive_writes(
+    sm_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The <a/> answering an <r/> leaves only once what the counted stanzas wrote (here: both
+    archives of every message) is committed: read the database file from another connection
+    the moment the ack arrives. Commits are slowed down so an early ack could not hide."""
+    import sqlite3
+
+    storage = sm_server.storage
+    slow_run = storage._run  # type: ignore[union-attr]
+
+    async def run(fn):  # type: ignore[no-untyped-def]
+        if getattr(fn, "func", None) is not None:  # a batch (functools.partial of _run_batch)
+            await asyncio.sleep(0.2)
+        return await slow_run(fn)
+
+    monkeypatch.setattr(storage, "_run", run)
+    alice = await sm_client(sm_server, "alice", "a")
+    bob = await sm_client(sm_server, "bob", "b")
+    count = 300
+    await alice.send(
+        "".join(
+            f"<message to='bob@localhost/b' type='chat' id='m{i}'><body>{i}</body></message>"
+            for i in range(count)
+        )
+        + f"<r xmlns='{SM}'/>"
+    )
+    ack = await expect_sm(alice, "a")
+    assert ack.get("h") == str(count + 1)  # the presence and the messages
+    with sqlite3.connect(sm_server.config.database_path) as db:
+        (rows,) = db.execute("SELECT COUNT(*) FROM archive WHERE store = 'mam'").fetchone()
+    assert rows == 2 * count  # alice's and bob's copy of each
+    await alice.close()
+    await bob.close()

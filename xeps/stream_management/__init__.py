@@ -169,13 +169,26 @@ class StreamManagement(Module):
     # --- acks ----------------------------------------------------------------------------
     @nonza_handler(NS_SM, "r")
     async def request(self, session: Session, element: etree._Element) -> None:
-        """§4: answer <r/> with the count of handled stanzas (once they are durable)."""
+        """§4: answer <r/> with the count of handled stanzas, once the storage writes they
+        issued are committed. The answer waits; the stanzas after the <r/> do not (they are
+        routed meanwhile, and only a later <a/> can count them)."""
         sm = self._state(session)
         if sm is None:
             session.close(StreamError("unsupported-stanza-type", "stream management is not on"))
             return
-        h = await self._durable_h(sm)
-        self._write(session, _sm("a", h=str(h)))
+        received = sm.received
+        barrier = self.ctx.services.commit_barrier()
+        if barrier is None:
+            self._write(session, _sm("a", h=str(received)))
+            return
+        conn = session.conn
+        barrier.add_done_callback(lambda _: self._answer_later(session, conn, received))
+
+    def _answer_later(self, session: Session, conn: object, h: int) -> None:
+        """The writes are committed: acknowledge on the connection that asked (barriers
+        finish in the order they were taken, so answers keep their order)."""
+        if session.conn is conn and self._state(session) is not None:
+            self._write(session, _sm("a", h=str(h)))
 
     @nonza_handler(NS_SM, "a")
     async def answer(self, session: Session, element: etree._Element) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeAlias, cast
@@ -251,7 +251,7 @@ class Storage(Protocol):
         returns once committed, with the number removed."""
         ...
 
-    def barrier(self) -> Awaitable[None] | None:
+    def barrier(self) -> asyncio.Future[None] | None:
         """An awaitable done once every write issued so far is committed (or has failed);
         None when nothing is pending. Unlike `flush`, it never waits for writes issued
         later, so a steady stream of writes cannot starve it (stream management's acks wait

@@ -12,7 +12,7 @@ import asyncio
 import bisect
 import enum
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from xmppd.storage import (
     ArchiveItem,
@@ -72,7 +72,7 @@ class MemoryStorage:
         """Return at once: every write is committed when it returns."""
         self.check_open()
 
-    def barrier(self) -> Awaitable[None] | None:
+    def barrier(self) -> asyncio.Future[None] | None:
         """Nothing is ever pending here."""
         return None
 
