@@ -116,11 +116,12 @@ class Prefs:
 
         XEP-0441 §"JID matching": a listed bare JID matches any resource; 'never' wins.
         """
-        bare = peer.bare
-        if peer in self.never or bare in self.never:
-            return False
-        if peer in self.always or bare in self.always:
-            return True
+        if self.never or self.always:  # most accounts list nobody: no JID hashing then
+            bare = peer.bare
+            if peer in self.never or bare in self.never:
+                return False
+            if peer in self.always or bare in self.always:
+                return True
         if self.default == "always":
             return True
         if self.default == "never":
@@ -337,7 +338,7 @@ class Mam(Module):
         text = serialize(element).decode()
         self._sent = (element, text)  # for the recipient's archive, when it is ours
         self._write(account.local, text, to, id_)
-        if len(self.ctx.sessions.sessions(account)) > 1:  # someone may get a sent carbon
+        if self.ctx.sessions.count(account) > 1:  # someone may get a sent carbon
             stamp_stanza_id(element, str(account), id_, replace=False)
 
     @hook(PRE_MESSAGE, priority=UNTAG_PRIORITY)

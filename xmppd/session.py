@@ -49,7 +49,7 @@ class SessionTransport(Protocol):
     def adopt(self, session: Session) -> None:
         """Carry `session` from now on (stream management resumption on a new connection)."""
 
-    async def quiesce(self) -> None:
+    async def quiesce(self, error: StreamError | None = None) -> None:
         """Stop reading, let the stanza being processed finish, then close the stream."""
 
 

@@ -78,6 +78,11 @@ class SessionManager:
         resources = self._by_bare.get(bare)
         return list(resources.values()) if resources else []
 
+    def count(self, bare: JID) -> int:
+        """How many sessions the account has bound."""
+        resources = self._by_bare.get(bare)
+        return len(resources) if resources else 0
+
     def has_sessions(self, bare: JID) -> bool:
         """Whether the account has any bound session."""
         return bare in self._by_bare

@@ -115,9 +115,9 @@ class FakeConnection:
         """Carry `session` (resumption)."""
         session.attach(self)
 
-    async def quiesce(self) -> None:
+    async def quiesce(self, error: StreamError | None = None) -> None:
         """Close, as a connection resumed elsewhere does."""
-        self.close()
+        self.close(error)
 
     def close(self, error: StreamError | None = None) -> None:
         """Record the close (and the stream error, if any)."""

@@ -254,12 +254,11 @@ class StreamManagement(Module):
         data = serialize(element)
         sm.push(data)
         conn = session.conn
+        if len(sm.unacked) > self.options.max_unacked:
+            self._overflow(session, sm)
+            return None
         if conn is None or conn.closed:
             return None  # kept: replayed on resumption, or handled when the session ends
-        if len(sm.unacked) > self.options.max_unacked:
-            session.log.warning("%d stanzas unacknowledged: closing", len(sm.unacked))
-            session.close(StreamError("policy-violation", "too many unacknowledged stanzas"))
-            return None
         conn.send_bytes(data)
         if not sm.requested:
             interval = self.options.ack_interval
@@ -271,6 +270,26 @@ class StreamManagement(Module):
             elif sm.timer is None:
                 sm.timer = self._loop.call_later(self.options.ack_delay, self._ask_later, session)
         return None
+
+    def _overflow(self, session: Session, sm: SmState) -> None:
+        """More than max_unacked stanzas wait for an ack: memory is bounded, so the session
+        ends (its queue goes to offline storage); with a connection, <policy-violation/>."""
+        if sm.ending:
+            return
+        sm.ending = True
+        session.log.warning("%d stanzas unacknowledged: ending the session", len(sm.unacked))
+        if session.conn is not None and not session.conn.closed:
+            session.close(StreamError("policy-violation", "too many unacknowledged stanzas"))
+            return  # closed on purpose: the session ends without hibernating
+        self._cancel_timer(sm)
+        self._resumable.pop(sm.id, None)
+        self._expired[sm.id] = (session.username or "", sm.received)
+        self._end_soon(session, "too many unacknowledged stanzas")
+
+    def _end_soon(self, session: Session, reason: str) -> None:
+        task = self._loop.create_task(self.ctx.end_session(session, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- hibernation and resumption ------------------------------------------------------
     @hook(SESSION_LOST)
@@ -291,9 +310,7 @@ class StreamManagement(Module):
         if sm is not None:
             sm.timer = None
         if session.conn is None and self.ctx.sessions.get(session.full_jid) is session:
-            task = self._loop.create_task(self.ctx.end_session(session, "resumption timed out"))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._end_soon(session, "resumption timed out")
 
     @nonza_handler(NS_SM, "resume")
     async def resume(self, session: Session, element: etree._Element) -> None:
@@ -322,7 +339,7 @@ class StreamManagement(Module):
                 # §5: the old connection "looks alive" but the client says it is gone; what
                 # it is processing is counted before h is reported.
                 old.conn = None
-                await old_conn.quiesce()
+                await old_conn.quiesce(StreamError("conflict", "resumed on another connection"))
             handled = await self._durable_h(sm)
             conn = session.conn
             if conn is None or conn.closed:

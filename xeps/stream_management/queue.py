@@ -35,6 +35,7 @@ class SmState:
 
     __slots__ = (
         "acked",
+        "ending",
         "expires",
         "id",
         "received",
@@ -54,7 +55,8 @@ class SmState:
         self.unacked: deque[bytes] = deque()
         self.requested = False  # an <r/> is outstanding
         self.timer: object | None = None  # the module's timer handle (ack request or hibernation)
-        self.expires = 0.0  # when a hibernated session is given up (loop time)
+        self.expires = 0.0  # seconds a hibernated session waits for its resumption
+        self.ending = False  # the session is being ended (too many unacknowledged)
 
     def handled(self) -> None:
         """One more client stanza was routed."""

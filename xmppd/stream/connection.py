@@ -593,9 +593,10 @@ class C2SConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    async def quiesce(self) -> None:
-        """Stop reading and processing, and wait (briefly) for the stanza being processed to
-        finish, so a session resumed elsewhere counts it before it reports its `h`."""
+    async def quiesce(self, error: StreamError | None = None) -> None:
+        """Stop reading and processing, wait (briefly) for the stanza being processed to
+        finish, so a session resumed elsewhere counts it before it reports its `h`; then close
+        (with `error`, e.g. <conflict/>)."""
         self._closed = True  # nothing more is read or processed
         self._queue = None
         task = self._task
@@ -604,7 +605,7 @@ class C2SConnection(asyncio.Protocol):
                 await asyncio.wait_for(asyncio.shield(task), _QUIESCE_TIMEOUT)
         self._closed = False  # so that close() still writes the stream end
         self._resumable = False
-        self.close()
+        self.close(error)
 
     def hibernate(self) -> bool:
         """Drop the parser of an idle established stream (re-made on the next byte)."""
