@@ -314,6 +314,8 @@ class Server:
         """A bound session lost its connection: a module may keep it detached (SESSION_LOST),
         unless the stream was closed on purpose (`resumable` False: the client closed it, or
         the server did with a stream error), which ends the session."""
+        if session.conn is not None:
+            return  # already carried by another connection (resumed meanwhile)
         task = asyncio.current_task()
         if task is not None:  # stop() waits for these before it closes storage
             self._losing.add(task)

@@ -255,3 +255,40 @@ async def test_ack_covers_only_committed_archive_writes(
     assert rows == 2 * count  # alice's and bob's copy of each
     await alice.close()
     await bob.close()
+
+
+async def test_after_taking_over_a_live_connection_the_server_asks_for_acks_again(
+    sm_server: Server,
+) -> None:
+    """Review finding: an <r/> left unanswered on the old connection used to stop every later
+    ack request on the resumed stream (the unacked queue then grew to max_unacked)."""
+    alice = await sm_client(sm_server, "alice", "a")
+    bob = await sm_client(sm_server, "bob", "b")
+    for i in range(3):  # ack_interval is 3: the server asks bob
+        await alice.send(f"<message to='bob@localhost/b' type='chat'><body>{i}</body></message>")
+    await expect_sm(bob, "r")  # ... and bob never answers on this connection
+    sm_id = bob.sm_id  # type: ignore[attr-defined]
+    fresh = await RawClient.connect(port(sm_server))
+    await fresh.login("bob", PASSWORD, bind=False)
+    await fresh.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='4'/>")  # presence + 3 seen
+    await fresh.expect(f"{{{SM}}}resumed")
+    assert await bob.stream_error() == "conflict"  # the old connection is told why
+    for i in range(3, 6):
+        await alice.send(f"<message to='bob@localhost/b' type='chat'><body>{i}</body></message>")
+    await expect_sm(fresh, "r")  # asked again after ack_interval stanzas
+    await fresh.close()
+    await alice.close()
+
+
+async def test_a_deferred_ack_never_reports_a_lower_count_than_one_sent(tmp_path: Path) -> None:
+    from tests.helpers.harness import ModuleHarness
+    from xeps.stream_management import StreamManagement
+    from xeps.stream_management.queue import SmState
+
+    async with ModuleHarness.started(tmp_path, modules_enabled=["stream_management"]) as h:
+        session = await h.connect("alice@localhost/a")
+        sm = SmState("x", resumable=False)
+        StreamManagement._send_a(session, sm, 3)
+        StreamManagement._send_a(session, sm, 1)  # a barrier that finished late
+        StreamManagement._send_a(session, sm, 3)
+        assert [a.get("h") for a in h.take(session)] == ["3", "3"]

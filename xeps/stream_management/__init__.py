@@ -29,6 +29,7 @@ Theory of operation (the counters and queue live in `queue.SmState`, one per ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -179,16 +180,34 @@ class StreamManagement(Module):
         received = sm.received
         barrier = self.ctx.services.commit_barrier()
         if barrier is None:
-            self._write(session, _sm("a", h=str(received)))
+            self._send_a(session, sm, received)
             return
         conn = session.conn
-        barrier.add_done_callback(lambda _: self._answer_later(session, conn, received))
+        barrier.add_done_callback(lambda done: self._answer_later(session, conn, received, done))
 
-    def _answer_later(self, session: Session, conn: object, h: int) -> None:
-        """The writes are committed: acknowledge on the connection that asked (barriers
-        finish in the order they were taken, so answers keep their order)."""
-        if session.conn is conn and self._state(session) is not None:
-            self._write(session, _sm("a", h=str(h)))
+    def _answer_later(
+        self, session: Session, conn: object, h: int, barrier: asyncio.Future[None]
+    ) -> None:
+        """The writes are committed: acknowledge on the connection that asked. If one of
+        them failed, the stanzas are not safe: no ack; the stream is closed so that the
+        client sends them again on its next session."""
+        sm = self._state(session)
+        if session.conn is not conn or sm is None:
+            return
+        if barrier.cancelled() or barrier.exception() is not None:
+            session.log.error("storage failed: the stanzas of this stream are not acknowledged")
+            session.close(StreamError("internal-server-error", "storage failed"))
+            return
+        self._send_a(session, sm, h)
+
+    @staticmethod
+    def _send_a(session: Session, sm: SmState, h: int) -> None:
+        """<a h/>, unless a later count was already sent (an answer that waited for a commit
+        can come after one that did not have to): h never goes backwards."""
+        if (h - sm.answered) % MOD > MOD // 2:
+            return
+        sm.answered = h
+        StreamManagement._write(session, _sm("a", h=str(h)))
 
     @nonza_handler(NS_SM, "a")
     async def answer(self, session: Session, element: etree._Element) -> None:
@@ -280,7 +299,8 @@ class StreamManagement(Module):
         session.log.warning("%d stanzas unacknowledged: ending the session", len(sm.unacked))
         if session.conn is not None and not session.conn.closed:
             session.close(StreamError("policy-violation", "too many unacknowledged stanzas"))
-            return  # closed on purpose: the session ends without hibernating
+        # Ended now, not when the connection is gone: a client that stops reading could
+        # keep its closing connection (and this queue) alive indefinitely.
         self._cancel_timer(sm)
         self._resumable.pop(sm.id, None)
         self._expired[sm.id] = (session.username or "", sm.received)
@@ -324,25 +344,40 @@ class StreamManagement(Module):
             self._write(session, _failed("bad-request"))
             return
         old = self._resumable.get(previd)
-        if old is None or old.username != session.username or old.host is not session.host:
-            expired = self._expired.get(previd)
-            h_then = expired[1] if expired and expired[0] == session.username else None
-            self._write(session, _failed("item-not-found", h_then))
+        sm = self._state(old) if old is not None else None
+        if (
+            old is None
+            or sm is None
+            or old.username != session.username
+            or old.host is not session.host
+            or not self._alive(old, sm)
+        ):
+            await self._not_found(session, previd)
             return
-        sm = self._state(old)
-        assert sm is not None  # registered in _resumable only with its state
         del self._resumable[previd]  # one resumption at a time
         try:
             self._cancel_timer(sm)
+            sm.requested = False  # an <r/> unanswered on the old connection is void
             old_conn = old.conn
             if old_conn is not None:
                 # §5: the old connection "looks alive" but the client says it is gone; what
                 # it is processing is counted before h is reported.
                 old.conn = None
                 await old_conn.quiesce(StreamError("conflict", "resumed on another connection"))
-            handled = await self._durable_h(sm)
+            try:
+                handled = await self._durable_h(sm)
+            except Exception:  # storage failed: no h can be promised
+                self._write(session, _failed("internal-server-error"))
+                if self._alive(old, sm):
+                    self._resumable[sm.id] = old
+                    self.hibernate(SessionEvent(old))
+                return
+            if not self._alive(old, sm):  # ended or replaced meanwhile
+                await self._not_found(session, previd)
+                return
             conn = session.conn
             if conn is None or conn.closed:
+                self._resumable[sm.id] = old
                 self.hibernate(SessionEvent(old))  # this connection died meanwhile
                 return
             try:
@@ -350,10 +385,12 @@ class StreamManagement(Module):
             except HandledCountTooHighError as exc:
                 self._write(session, _failed("undefined-condition", handled))
                 self._too_high(session, exc)
+                self._resumable[sm.id] = old
                 self.hibernate(SessionEvent(old))
                 return
             conn.adopt(old)
             old.log.info("resumed from %s (%d stanzas to replay)", old.peer, len(sm.unacked))
+            sm.answered = handled
             self._write(old, _sm("resumed", h=str(handled), previd=sm.id))
             for data in sm.unacked:  # exactly the unacknowledged ones, in order
                 conn.send_bytes(data)
@@ -361,8 +398,29 @@ class StreamManagement(Module):
                 self._ask(old, sm)
             await self.ctx.notify(SESSION_RESUMED, SessionEvent(old))
         finally:
-            if self._state(old) is sm and self.ctx.sessions.get(old.full_jid) is old:
+            if self._alive(old, sm):
                 self._resumable[sm.id] = old
+
+    def _alive(self, session: Session, sm: SmState) -> bool:
+        """Still bound, with this state, and not being ended."""
+        return (
+            not sm.ending
+            and self._state(session) is sm
+            and session.jid is not None
+            and self.ctx.sessions.get(session.jid) is session
+        )
+
+    async def _not_found(self, session: Session, previd: str) -> None:
+        """<failed><item-not-found/>, with the h of the ended session when still known (once
+        the writes it counted are committed)."""
+        expired = self._expired.get(previd)
+        h_then = expired[1] if expired and expired[0] == session.username else None
+        if h_then is not None:
+            barrier = self.ctx.services.commit_barrier()
+            if barrier is not None:
+                with contextlib.suppress(Exception):
+                    await barrier
+        self._write(session, _failed("item-not-found", h_then))
 
     # --- the end -------------------------------------------------------------------------
     @hook(SESSION_ENDED, priority=Priority.HIGH)

@@ -35,6 +35,7 @@ class SmState:
 
     __slots__ = (
         "acked",
+        "answered",
         "ending",
         "expires",
         "id",
@@ -52,6 +53,7 @@ class SmState:
         self.received = 0  # client stanzas routed (mod 2^32)
         self.sent = 0  # stanzas sent to the client (mod 2^32)
         self.acked = 0  # stanzas the client acknowledged (mod 2^32)
+        self.answered = 0  # the last h this side sent in <a/> (never goes backwards)
         self.unacked: deque[bytes] = deque()
         self.requested = False  # an <r/> is outstanding
         self.timer: object | None = None  # the module's timer handle (ack request or hibernation)

@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,7 +196,8 @@ class SqliteStorage:
         # the issued count they wait for: batches finish in order, so a count is enough.
         self._issued = 0
         self._finished = 0
-        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
+        self._failures = 0  # writes that failed so far (a barrier over one of them fails)
+        self._barriers: list[tuple[int, int, asyncio.Future[None]]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -221,6 +223,7 @@ class SqliteStorage:
             version, journal_mode = await self._run(
                 functools.partial(_prepare, synchronous="FULL" if self.fsync else "NORMAL")
             )
+            await self._run(_yield_to_the_event_loop)
         except BaseException:
             self._state = _State.CLOSED
             await self._close_connection()
@@ -255,23 +258,30 @@ class SqliteStorage:
         await self._wait_for_writer()
 
     def barrier(self) -> asyncio.Future[None] | None:
-        """A future done once every write issued so far has finished; None if none is pending."""
+        """A future done once every write issued so far has finished; None if none is pending.
+
+        It fails with `StorageError` when a write it covers failed (or may have: a batch
+        that also held writes issued after it counts).
+        """
         if self._finished >= self._issued:
             return None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._barriers.append((self._issued, future))
+        self._barriers.append((self._issued, self._failures, future))
         return future
 
     def _release_barriers(self) -> None:
         if not self._barriers:
             return
         waiting = []
-        for mark, future in self._barriers:
-            if mark <= self._finished:
-                if not future.done():
-                    future.set_result(None)
+        for mark, failures, future in self._barriers:
+            if mark > self._finished:
+                waiting.append((mark, failures, future))
+            elif future.done():
+                continue
+            elif self._failures > failures:
+                future.set_exception(StorageError(f"sqlite storage {self.path}: a write failed"))
             else:
-                waiting.append((mark, future))
+                future.set_result(None)
         self._barriers = waiting
 
     def keyvalue(self, host: str, store: str) -> KeyValueStore:
@@ -371,6 +381,7 @@ class SqliteStorage:
                                 StorageError(f"sqlite storage {self.path}: writer stopped")
                             )
                     self._pending.clear()
+                    self._failures += self._issued - self._finished
                     self._finished = self._issued
                     self._release_barriers()
                     raise
@@ -385,6 +396,7 @@ class SqliteStorage:
                         write.future.set_exception(self._storage_error(outcome.error))
                     else:
                         write.future.set_result(outcome)
+                self._failures += sum(isinstance(outcome, _Failure) for outcome in outcomes)
                 self._finished += len(batch)
                 self._release_barriers()
         finally:
@@ -427,6 +439,19 @@ def _create_private_file(path: Path) -> None:
     except OSError as exc:
         raise StorageError(f"cannot open sqlite database {path}: {exc}") from exc
     os.close(fd)
+
+
+WORKER_NICE = 10  # the worker thread's niceness, relative to the event loop's thread
+
+
+def _yield_to_the_event_loop(conn: sqlite3.Connection) -> None:
+    """Lower this (worker) thread's CPU priority: on a busy single core, a big group commit
+    then fills the loop's idle time instead of delaying deliveries by its whole length.
+    Commits take longer under load; only acks wait for them, not messages."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (OSError, AttributeError):  # not Linux, or not permitted: equal priority then
+        logger.debug("could not lower the sqlite worker's priority", exc_info=True)
 
 
 def _prepare(conn: sqlite3.Connection, synchronous: str = "NORMAL") -> tuple[int, str]:

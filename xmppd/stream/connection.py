@@ -56,6 +56,7 @@ _READ_SIZE = 262144
 # forgot the mapping), so the session is detached within minutes even with nothing to send.
 _KEEPIDLE, _KEEPINTVL, _KEEPCNT = 120, 30, 4
 _QUIESCE_TIMEOUT = 5.0  # seconds a resumed-away connection may take to finish its stanza
+_CLOSE_GRACE = 10.0  # seconds a closed stream may take to drain its output before an abort
 
 
 class ConnectionServices(Protocol):
@@ -776,6 +777,9 @@ class C2SConnection(asyncio.Protocol):
                 self._ssl.unwrap()
             self._write_tls_output()
         self.transport.close()
+        # The transport closes once its buffer drained; a client that stops reading would
+        # keep it (and its session) open for ever: abort after a grace period.
+        self._loop.call_later(_CLOSE_GRACE, self._abort_closing, self.transport)
 
     def _drop(self) -> None:
         """Abort and make the kernel discard what it still holds for this client (RST)."""
@@ -785,6 +789,11 @@ class C2SConnection(asyncio.Protocol):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._abort()
+
+    def _abort_closing(self, transport: asyncio.Transport) -> None:
+        if self.transport is transport:  # connection_lost not seen yet
+            logger.info("closing %s: its output did not drain, aborting", self.peer)
+            transport.abort()
 
     def _abort(self) -> None:
         self._closed = True

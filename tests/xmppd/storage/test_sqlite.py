@@ -476,3 +476,25 @@ async def test_server_passes_storage_fsync_to_sqlite(tmp_path: Path) -> None:
             assert server.storage.fsync is fsync
         finally:
             await server.stop()
+
+
+async def test_barrier_fails_when_a_write_it_covers_fails(db_path: Path) -> None:
+    storage = await open_storage("sqlite", path=db_path)
+    try:
+        archive = storage.archive("localhost", "mam")
+        good = archive.append_nowait("alice", "fine")
+        bad = archive.append_nowait("alice", "\ud800")  # a lone surrogate cannot be stored
+        barrier = storage.barrier()
+        assert barrier is not None
+        with pytest.raises(StorageError):
+            await barrier
+        assert await good
+        with pytest.raises(StorageError):
+            await bad
+        later = archive.append_nowait("alice", "after")
+        barrier = storage.barrier()
+        assert barrier is not None
+        await barrier  # a later barrier over good writes succeeds
+        assert await later
+    finally:
+        await storage.close()
