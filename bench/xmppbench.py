@@ -60,7 +60,8 @@ SCENARIOS = (
 # hold (N connections held --hold seconds, 5 minutes by default) runs only when named
 DEFAULT_SCENARIOS = SCENARIOS[:-1]
 # Durability (issue 5): the same 1:1 throughput with stream management and the archive off
-# (plain) and on (durable: clients enable XEP-0198 and ask for acks, every message archived);
+# (plain) and on (durable: clients enable XEP-0198 and ask for an ack after every message, as
+# Conversations does; every message is archived);
 # latency_durable offers half of the durable saturated rate measured earlier in the run.
 PROFILES = {
     "throughput_plain": "plain",

@@ -52,6 +52,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +198,8 @@ class SqliteStorage:
         self._issued = 0
         self._finished = 0
         self._failures = 0  # writes that failed so far (a barrier over one of them fails)
-        self._barriers: list[tuple[int, int, asyncio.Future[None]]] = []
+        # In issue order (marks never decrease), so releasing pops from the left.
+        self._barriers: deque[tuple[int, int, asyncio.Future[None]]] = deque()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -265,24 +267,25 @@ class SqliteStorage:
         """
         if self._finished >= self._issued:
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._barriers.append((self._issued, self._failures, future))
+        barriers = self._barriers
+        if barriers:
+            mark, failures, future = barriers[-1]
+            if mark == self._issued and failures == self._failures and not future.done():
+                return future  # nothing issued since the last one: the same wait
+        future = asyncio.get_running_loop().create_future()
+        barriers.append((self._issued, self._failures, future))
         return future
 
     def _release_barriers(self) -> None:
-        if not self._barriers:
-            return
-        waiting = []
-        for mark, failures, future in self._barriers:
-            if mark > self._finished:
-                waiting.append((mark, failures, future))
-            elif future.done():
+        barriers = self._barriers
+        while barriers and barriers[0][0] <= self._finished:
+            _mark, failures, future = barriers.popleft()
+            if future.done():
                 continue
-            elif self._failures > failures:
+            if self._failures > failures:
                 future.set_exception(StorageError(f"sqlite storage {self.path}: a write failed"))
             else:
                 future.set_result(None)
-        self._barriers = waiting
 
     def keyvalue(self, host: str, store: str) -> KeyValueStore:
         """Return the key-value store named ``store`` of ``host``."""

@@ -436,8 +436,16 @@ class C2SConnection(asyncio.Protocol):
                 session is not None
                 and self.stream.state is State.ESTABLISHED
                 and isinstance(event, ElementReceived)
-                and event.element.tag in STANZA_TAGS
             ):
+                tag = event.element.tag
+                if tag not in STANZA_TAGS:
+                    # the parser yields elements only: their tags are str
+                    handler = session.host.nonza_handlers.get(cast(str, tag))
+                    if handler is not None:  # e.g. XEP-0198 <r/>: no detour through c2s
+                        await handler(session, event.element)
+                        return
+                    await self._run(self.stream.receive(event))
+                    return
                 # Hot path: an established session's stanza goes straight to the router.
                 if is_session_iq(event.element):
                     await self._run(self.stream.receive(event))  # answered by the stream
