@@ -7,7 +7,7 @@ the XEP-0334 <no-store/> or <no-permanent-store/> hint. The archive id is a XEP-
 
 - received: the id `xeps.stanza_id` stamped for the account (``by`` = its bare JID), so the
   live copy, carbon copies and the archive agree;
-- sent: an id from this module's own `SortableIds` (with a persisted lease, so ids keep
+- sent: an id from this module's own `LeasedIds` (with a persisted lease, so ids keep
   increasing across restarts). Its clients learn it through the sent carbon, which carries
   ``<stanza-id by='account'/>`` (§"Communicating the archive ID": SHOULD, as a child of the
   forwarded message); the copy routed to the recipient never does (MUST NOT).
@@ -52,7 +52,7 @@ from xmppd.lib.delay import NS_DELAY, format_stamp, parse_stamp
 from xmppd.lib.forms import Field, build_form, parse_submitted
 from xmppd.lib.hints import BODY, NS_HINTS
 from xmppd.lib.rsm import RsmRequest, build_set, parse_set
-from xmppd.lib.stanza_id import STANZA_ID, SortableIds, stamp_stanza_id
+from xmppd.lib.stanza_id import STANZA_ID, LeasedIds, stamp_stanza_id
 from xmppd.module_api import IqRequest, Module, StoreKind, Target, hook, iq_handler
 from xmppd.ns import NS_DATA
 from xmppd.stanza import make, new_id
@@ -75,8 +75,6 @@ INCOMING_PRIORITY = Priority.LOW + 100
 OUTGOING_PRIORITY = Priority.NORMAL
 UNTAG_PRIORITY = Priority.LOW - 100
 
-LEASE_US = 60_000_000
-RENEW_MARGIN_US = 5_000_000
 MAX_IDS = 256  # ids in one 'ids' field
 MAX_JIDS = 1000  # JIDs in one <always/> or <never/> list
 MAX_QUERYID = 256
@@ -212,11 +210,8 @@ class Mam(Module):
                 self._prefs[user] = Prefs.from_json(
                     await self._kv.get(user, "prefs"), options.default
                 )
-        stored = await self._kv.get("", "lease")
-        floor = stored if isinstance(stored, int) and not isinstance(stored, bool) else 0
-        self.ids = SortableIds(floor)
-        self._lease = floor
-        self._renewing = asyncio.Lock()
+        self.ids = LeasedIds(self._kv)  # its own ids, for the sender's archive
+        await self.ids.load()
         if options.max_age_days > 0:
             self.ctx.every(options.expire_interval, self.expire)
 
@@ -320,9 +315,9 @@ class Mam(Module):
         verdict = self._verdict(user, to)
         if verdict is False:
             return False
-        if verdict is None or not self._within_lease():
+        if verdict is None or not self.ids.within_lease():
             return self._archive_outgoing_later(account, element, to, roster=verdict is None)
-        self._archive_outgoing(account, element, to, self.ids.next())
+        self._archive_outgoing(account, element, to, self.ids.next_now())
         return False
 
     async def _archive_outgoing_later(
@@ -353,19 +348,9 @@ class Mam(Module):
             element.remove(last)
         return False
 
-    def _within_lease(self) -> bool:
-        return self.ids.peek() + RENEW_MARGIN_US <= self._lease
-
     async def next_id(self) -> str:
-        """A new id for an outgoing message; extends the persisted lease first if needed."""
-        while not self._within_lease():
-            async with self._renewing:
-                wanted = self.ids.peek() + RENEW_MARGIN_US
-                if wanted > self._lease:
-                    lease = wanted + LEASE_US
-                    await self._kv.set("", "lease", lease)
-                    self._lease = lease
-        return self.ids.next()
+        """A new id for an outgoing message (extending the persisted lease when needed)."""
+        return await self.ids.next()
 
     # --- preferences (XEP-0441) ----------------------------------------------------------
     async def _settled(self) -> None:

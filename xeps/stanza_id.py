@@ -3,7 +3,7 @@
 Every message of type chat, normal or headline that reaches a local account's bare or full JID
 gets ``<stanza-id xmlns='urn:xmpp:sid:0' by='user@host' id='...'/>`` before anything else
 handles it, so the live copy, carbon copies and the offline copy carry the same id. Ids come from
-`xmppd.lib.stanza_id.SortableIds`: they increase in the order messages are accepted, also
+`xmppd.lib.stanza_id.LeasedIds`: they increase in the order messages are accepted, also
 across restarts (a persisted lease is always ahead of every id handed out), and end in random
 bits so they cannot be guessed. Modules read the stamp with `xmppd.lib.stanza_id.find_stanza_id`.
 
@@ -15,7 +15,6 @@ kept, stripped of anything the XEP does not define (§3 rules 1, 6).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 
 from lxml import etree
@@ -24,7 +23,7 @@ from xmppd.events import MESSAGE_BARE, MESSAGE_FULL, PRE_MESSAGE, Priority, Stan
 from xmppd.jid import JID, JIDError
 from xmppd.lib.stanza_id import (
     NS_SID,
-    SortableIds,
+    LeasedIds,
     has_sid_children,
     sanitize,
     stamp_stanza_id,
@@ -34,8 +33,6 @@ from xmppd.module_api import Module, StoreKind, hook
 
 # Ahead of every other handler: nothing may see a spoofed id, and everything sees the stamp.
 STAMP_PRIORITY = Priority.FIRST + 100
-LEASE_US = 60_000_000  # one lease write per minute at most
-RENEW_MARGIN_US = 5_000_000
 STAMPED_TYPES = frozenset({"chat", "normal", "headline"})
 
 
@@ -48,12 +45,8 @@ class StanzaIds(Module):
 
     async def load(self) -> None:
         """Resume ids above the persisted lease, so they keep increasing across restarts."""
-        self._kv = self.ctx.keyvalue("stanza_id")
-        stored = await self._kv.get("", "lease")
-        floor = stored if isinstance(stored, int) and not isinstance(stored, bool) else 0
-        self.ids = SortableIds(floor)
-        self._lease = floor
-        self._renewing = asyncio.Lock()
+        self.ids = LeasedIds(self.ctx.keyvalue("stanza_id"))
+        await self.ids.load()
         self._domains = self.ctx.services.local_domains | {self.ctx.host.domain}
 
     def is_ours(self, by: str) -> bool:
@@ -66,20 +59,9 @@ class StanzaIds(Module):
             jid.domain in self._domains or jid.domain == self.ctx.host.domain
         )
 
-    def _within_lease(self) -> bool:
-        """Whether the next id is safely below the persisted lease (no write needed)."""
-        return self.ids.peek() + RENEW_MARGIN_US <= self._lease
-
     async def next_id(self) -> str:
-        """A new id; first extends the persisted lease when the counter comes near it."""
-        while not self._within_lease():
-            async with self._renewing:
-                wanted = self.ids.peek() + RENEW_MARGIN_US
-                if wanted > self._lease:
-                    lease = wanted + LEASE_US
-                    await self._kv.set("", "lease", lease)
-                    self._lease = lease
-        return self.ids.next()
+        """A new id (extending the persisted lease first when needed)."""
+        return await self.ids.next()
 
     @hook(PRE_MESSAGE, priority=STAMP_PRIORITY)
     def police_outgoing(self, event: StanzaEvent) -> bool:
@@ -105,9 +87,9 @@ class StanzaIds(Module):
         to = event.to
         if (event.stanza.type or "normal") not in STAMPED_TYPES or to.local is None:
             return False
-        if self.ctx.sessions.has_sessions(to.bare) and self._within_lease():
+        if self.ctx.sessions.has_sessions(to.bare) and self.ids.within_lease():
             # Every id in our name is gone by now (is_ours covers the account's bare JID).
-            stamp_stanza_id(element, str(to.bare), self.ids.next(), replace=False)
+            stamp_stanza_id(element, str(to.bare), self.ids.next_now(), replace=False)
             return False
         return self._stamp_later(element, to)
 

@@ -144,7 +144,7 @@ async def test_ids_keep_increasing_after_restart_even_if_the_clock_goes_back(
     async with ModuleHarness.started(tmp_path, accounts=(), **overrides) as h:
         module = h.host().modules["stanza_id"]
         assert isinstance(module, StanzaIds)
-        module.ids._clock = lambda: 0.0  # the clock now lies far in the past
+        module.ids.ids._clock = lambda: 0.0  # the clock now lies far in the past
         after = [await module.next_id() for _ in range(3)]
     assert before < after[0] < after[1] < after[2]
 

@@ -8,12 +8,17 @@ so that an id is unpredictable (§3 rule 2) yet archive order is id order.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lxml import etree
+
+if TYPE_CHECKING:
+    from xmppd.storage import KeyValueStore
 
 NS_SID = "urn:xmpp:sid:0"
 STANZA_ID = f"{{{NS_SID}}}stanza-id"
@@ -141,3 +146,51 @@ class SortableIds:
             raise OverflowError("stanza id counter exhausted")
         self.last = counter
         return f"{counter:0{COUNTER_DIGITS}x}{self._suffix()}"
+
+
+class LeasedIds:
+    """`SortableIds` that keep increasing across restarts: the counter stays below a lease
+    persisted in a key-value store (one write per `LEASE_US` of ids at most), and a restart
+    resumes above the lease, even if the clock went back.
+
+    `within_lease()` tells whether `next_now()` may be used without a write (the hot path);
+    otherwise `await next()` extends the lease first.
+    """
+
+    LEASE_US = 60_000_000
+    RENEW_MARGIN_US = 5_000_000
+
+    __slots__ = ("_key", "_lease", "_renewing", "_store", "ids")
+
+    def __init__(self, store: KeyValueStore, key: str = "lease") -> None:
+        self._store = store
+        self._key = key
+        self._lease = 0
+        self._renewing = asyncio.Lock()
+        self.ids = SortableIds(0)
+
+    async def load(self) -> None:
+        """Resume above the persisted lease."""
+        stored = await self._store.get("", self._key)
+        floor = stored if isinstance(stored, int) and not isinstance(stored, bool) else 0
+        self.ids = SortableIds(floor)
+        self._lease = floor
+
+    def within_lease(self) -> bool:
+        """Whether the next id is safely below the persisted lease (no write needed)."""
+        return self.ids.peek() + self.RENEW_MARGIN_US <= self._lease
+
+    def next_now(self) -> str:
+        """A new id; only after `within_lease()` said True."""
+        return self.ids.next()
+
+    async def next(self) -> str:
+        """A new id; first extends the persisted lease when the counter comes near it."""
+        while not self.within_lease():
+            async with self._renewing:
+                wanted = self.ids.peek() + self.RENEW_MARGIN_US
+                if wanted > self._lease:
+                    lease = wanted + self.LEASE_US
+                    await self._store.set("", self._key, lease)
+                    self._lease = lease
+        return self.ids.next()

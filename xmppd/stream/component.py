@@ -45,15 +45,15 @@ from xmppd.stanza import STANZA_TAGS, error_reply, is_error_or_result
 from xmppd.stream.parser import (
     ElementReceived,
     ParseEvent,
-    ParserLimits,
     StreamClosed,
     StreamOpened,
     StreamParser,
+    parser_limits,
 )
 from xmppd.stream.serializer import STREAM_CLOSE, serialize
 
 if TYPE_CHECKING:
-    from xmppd.config import Config, Limits
+    from xmppd.config import Config
     from xmppd.hosts import Host
     from xmppd.router import Router
 
@@ -93,25 +93,6 @@ class ComponentServices(Protocol):
     # The authenticated connection of each component domain (at most one each).
     components: dict[str, ComponentConnection]
     component_connections: set[ComponentConnection]
-
-
-def parser_limits(lim: Limits, pre_auth: bool) -> ParserLimits:
-    """The stream parser limits before and after the handshake (the c2s figures)."""
-    if pre_auth:
-        return ParserLimits(
-            max_stanza_bytes=lim.pre_auth_stanza_size,
-            max_depth=lim.pre_auth_max_depth,
-            max_elements=lim.pre_auth_max_elements,
-            max_attributes=lim.pre_auth_max_attributes,
-            max_buffered=max(65536, lim.pre_auth_stanza_size * 4),
-        )
-    return ParserLimits(
-        max_stanza_bytes=lim.stanza_size,
-        max_depth=lim.max_depth,
-        max_elements=lim.max_elements,
-        max_attributes=lim.max_attributes,
-        max_buffered=max(1048576, lim.stanza_size * 4),
-    )
 
 
 def handshake_digest(stream_id: str, secret: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import ssl
@@ -37,12 +36,12 @@ from xmppd.stanza import STANZA_TAGS
 from xmppd.stream import actions as act
 from xmppd.stream.actions import PreAuthIq
 from xmppd.stream.c2s import C2SStream, State, is_session_iq
-from xmppd.stream.parser import ElementReceived, ParseEvent, ParserLimits, StreamParser
+from xmppd.stream.parser import ElementReceived, ParseEvent, StreamParser, parser_limits
 from xmppd.stream.serializer import STREAM_CLOSE, serialize
 
 if TYPE_CHECKING:
     from xmppd.accounts import AccountStore
-    from xmppd.config import Config, Limits
+    from xmppd.config import Config
     from xmppd.hosts import Host
     from xmppd.router import Router
     from xmppd.session_manager import SessionManager
@@ -94,29 +93,6 @@ class ConnectionServices(Protocol):
 
     def connection_closed(self) -> None:
         """A connection is gone (memory bookkeeping after disconnect storms)."""
-
-
-def _limits(config: Config, pre_auth: bool) -> ParserLimits:
-    return _limits_of(config.limits, pre_auth)
-
-
-@functools.lru_cache(maxsize=8)  # shared by every connection: not two objects each
-def _limits_of(lim: Limits, pre_auth: bool) -> ParserLimits:
-    if pre_auth:
-        return ParserLimits(
-            max_stanza_bytes=lim.pre_auth_stanza_size,
-            max_depth=lim.pre_auth_max_depth,
-            max_elements=lim.pre_auth_max_elements,
-            max_attributes=lim.pre_auth_max_attributes,
-            max_buffered=max(65536, lim.pre_auth_stanza_size * 4),
-        )
-    return ParserLimits(
-        max_stanza_bytes=lim.stanza_size,
-        max_depth=lim.max_depth,
-        max_elements=lim.max_elements,
-        max_attributes=lim.max_attributes,
-        max_buffered=max(1048576, lim.stanza_size * 4),
-    )
 
 
 class _Resume:
@@ -192,7 +168,7 @@ class C2SConnection(asyncio.Protocol):
         self.direct_tls = direct_tls
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.parser = StreamParser(_limits(self.config, pre_auth=True))
+        self.parser = StreamParser(parser_limits(self.config.limits, pre_auth=True))
         context = services.tls_context()
         self.stream = C2SStream(
             domains=services.local_domains,
@@ -522,7 +498,7 @@ class C2SConnection(asyncio.Protocol):
         domain = self.stream.domain or ""
         self.session = Session(self.services.hosts[domain], self)
         self.session.username = username
-        self.parser.limits = _limits(self.config, pre_auth=False)
+        self.parser.limits = parser_limits(self.config.limits, pre_auth=False)
         self.stream.pre_auth_features = None  # nothing more is offered before authentication
         logger.debug("%s authenticated as %s@%s", self.peer, username, domain)
 

@@ -29,14 +29,19 @@ each slice, so neither tree accumulates children.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
 from xmppd.errors import StreamError
+
+if TYPE_CHECKING:
+    from xmppd.config import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,27 @@ class ParserLimits:
 PRE_AUTH_LIMITS = ParserLimits(
     max_stanza_bytes=16384, max_depth=8, max_elements=64, max_attributes=16, max_buffered=65536
 )
+
+
+@functools.lru_cache(maxsize=8)  # shared by every connection: not two objects each
+def parser_limits(lim: Limits, pre_auth: bool) -> ParserLimits:
+    """The parser limits of a stream before or after authentication (or a component's
+    handshake), from the `[limits]` configuration."""
+    if pre_auth:
+        return ParserLimits(
+            max_stanza_bytes=lim.pre_auth_stanza_size,
+            max_depth=lim.pre_auth_max_depth,
+            max_elements=lim.pre_auth_max_elements,
+            max_attributes=lim.pre_auth_max_attributes,
+            max_buffered=max(65536, lim.pre_auth_stanza_size * 4),
+        )
+    return ParserLimits(
+        max_stanza_bytes=lim.stanza_size,
+        max_depth=lim.max_depth,
+        max_elements=lim.max_elements,
+        max_attributes=lim.max_attributes,
+        max_buffered=max(1048576, lim.stanza_size * 4),
+    )
 
 
 @dataclass(frozen=True, slots=True)
