@@ -762,8 +762,12 @@ class C2SConnection(asyncio.Protocol):
             self._write_tls_output()
         self.transport.close()
         # The transport closes once its buffer drained; a client that stops reading would
-        # keep it (and its session) open for ever: abort after a grace period.
-        self._loop.call_later(_CLOSE_GRACE, self._abort_closing, self.transport)
+        # keep it (and its session) open for ever: abort after a grace period. The timer
+        # takes the auth timer's slot; connection_lost cancels it, so a connection that
+        # closes normally is freed at once (storms of closes must not linger 10 s).
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(_CLOSE_GRACE, self._abort_closing, self.transport)
 
     def _drop(self) -> None:
         """Abort and make the kernel discard what it still holds for this client (RST)."""
@@ -775,6 +779,7 @@ class C2SConnection(asyncio.Protocol):
         self._abort()
 
     def _abort_closing(self, transport: asyncio.Transport) -> None:
+        self._timer = None
         if self.transport is transport:  # connection_lost not seen yet
             logger.info("closing %s: its output did not drain, aborting", self.peer)
             transport.abort()
