@@ -102,13 +102,7 @@ class Router:
         except JIDError:
             logger.warning("dropping server stanza with bad addresses: %s", etree.tostring(element))
             return
-        stanza = Stanza(element, kind, element.get("type"), from_, to)
-        try:
-            await self._dispatch(ev.StanzaEvent(stanza, None, to))
-        except StanzaError as err:
-            await self._reply_error(element, err, str(to))
-        except Exception:
-            logger.exception("failed routing server-generated %s", kind)
+        await self._dispatch_unsent(Stanza(element, kind, element.get("type"), from_, to), to)
 
     async def from_component(self, element: etree._Element, from_: JID, to: JID) -> None:
         """Route a stanza from an authenticated external component (XEP-0114), in order.
@@ -125,13 +119,23 @@ class Router:
             await self._reply_error(element, err, str(to))
             return
         stanza = Stanza(element, kind, element.get("type"), from_, to)
+        await self._dispatch_unsent(stanza, to, reply_on_crash=True)
+
+    async def _dispatch_unsent(
+        self, stanza: Stanza, to: JID, *, reply_on_crash: bool = False
+    ) -> None:
+        """Route a stanza no local session sent (server-generated, or from a component):
+        stanza errors go back to its sender; an unexpected failure is logged, and answered
+        internal-server-error when `reply_on_crash` (a component expects an answer)."""
+        element = stanza.element
         try:
             await self._dispatch(ev.StanzaEvent(stanza, None, to))
         except StanzaError as err:
             await self._reply_error(element, err, str(to))
         except Exception:
-            logger.exception("failed routing %s from component %s", kind, from_.domain)
-            await self._reply_error(element, StanzaError("internal-server-error"), str(to))
+            logger.exception("failed routing %s from %s", stanza.kind, stanza.from_)
+            if reply_on_crash:
+                await self._reply_error(element, StanzaError("internal-server-error"), str(to))
 
     async def _dispatch(self, event: ev.StanzaEvent) -> None:
         stanza = event.stanza
