@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from lxml import etree
 
 if TYPE_CHECKING:
+    from xmppd.errors import StanzaError
     from xmppd.jid import JID
     from xmppd.session import Session
     from xmppd.stanza import Stanza
@@ -194,6 +195,40 @@ class AccountRemoved:
 
 
 @dataclass(slots=True)
+class PepRequest:
+    """Another module acts on a local account's PEP node (XEP-0163) as the account itself
+    would: e.g. bookmarks compatibility (XEP-0411) reading and writing Bookmarks 2 items.
+
+    Actions: "publish" (`item_id`, `payload`, `options` as publish-options: a field var ->
+    values; the node is created as by a client's publish), "retract" (`item_id`), "items"
+    (fills `items`, oldest first; an absent node leaves it empty) and "delete" (the node).
+    The PEP module answers it and returns True, with `error` set when it refused (e.g. a
+    publish-options precondition that does not hold). Notifications go out as for a client.
+    """
+
+    owner: JID  # the account's bare JID
+    node: str
+    action: str
+    item_id: str | None = None
+    payload: etree._Element | None = None
+    options: dict[str, list[str]] = field(default_factory=dict)
+    items: list[tuple[str, etree._Element]] = field(default_factory=list)
+    error: StanzaError | None = None
+
+
+@dataclass(slots=True)
+class PepChanged:
+    """A local account's PEP node changed: an item published or retracted, or the node
+    purged or deleted (`item_id` None). Fired after the change is stored."""
+
+    owner: JID  # the account's bare JID
+    node: str
+    action: str  # "publish" | "retract" | "purge" | "delete"
+    item_id: str | None = None
+    payload: etree._Element | None = None
+
+
+@dataclass(slots=True)
 class Shutdown:
     """The server is stopping; handlers may await (flush state) before storage closes."""
 
@@ -238,3 +273,7 @@ ACCOUNT_REMOVED: NotifyKey[AccountRemoved] = NotifyKey("account/removed")
 
 # The roster module answers this (see RosterQuery): presence broadcast, probes, disco access.
 ROSTER_QUERY: ChainKey[RosterQuery] = ChainKey("roster/query")
+
+# Personal eventing (XEP-0163): requests to the PEP module, and what changed in a node.
+PEP_REQUEST: ChainKey[PepRequest] = ChainKey("pep/request")
+PEP_CHANGED: NotifyKey[PepChanged] = NotifyKey("pep/changed")

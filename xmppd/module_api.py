@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -118,6 +118,9 @@ class ServerServices(Protocol):
 
     async def route(self, element: etree._Element) -> None:
         """Route a server-generated stanza (its 'from' already set)."""
+
+    async def route_many(self, element: etree._Element, recipients: Iterable[str]) -> None:
+        """Route copies of a server-generated stanza, one per recipient 'to', in order."""
 
     async def account_exists(self, host: str, username: str) -> bool:
         """Whether a local account exists."""
@@ -228,6 +231,14 @@ class ModuleContext:
             element.set("from", self.host.domain)
         await self.services.route(element)
 
+    async def send_many(self, element: etree._Element, recipients: Iterable[str]) -> None:
+        """Route one stanza to each of `recipients` (e.g. a MUC broadcast), in order.
+
+        `element` carries 'from' and everything but 'to'; each copy gets one recipient's
+        'to'. The element is not changed and may be reused by the caller afterwards.
+        """
+        await self.services.route_many(element, recipients)
+
     async def request_iq(self, element: etree._Element, timeout: float = 30.0) -> etree._Element:
         """Send an IQ get/set and await its result or error element.
 
@@ -307,6 +318,16 @@ class ModuleContext:
         child = self.services.add_service_host(self.host, subdomain)
         self._undo.append(lambda: self.services.remove_service_host(child))
         self.add_disco_item(DiscoItem(child.domain))
+        return child
+
+    def service_context(self, subdomain: str) -> ModuleContext:
+        """Create a service subdomain host and a context on it for this module (e.g. MUC's
+        conference.<host>): hooks, IQ handlers, features and stores registered through the
+        returned context belong to the subdomain, and are removed when this module unloads."""
+        child = ModuleContext(
+            self.services, self.add_service_host(subdomain), self.name, self.options
+        )
+        self._undo.append(child.undo_all)
         return child
 
     # --- storage and timers --------------------------------------------------------------

@@ -14,7 +14,7 @@ import os
 import resource
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +365,10 @@ class Server:
     async def route(self, element: etree._Element) -> None:
         """Route a server-generated stanza."""
         await self.router.route(element)
+
+    async def route_many(self, element: etree._Element, recipients: Iterable[str]) -> None:
+        """Route copies of a server-generated stanza, one per recipient 'to', in order."""
+        await self.router.route_many(element, recipients)
 
     async def account_exists(self, host: str, username: str) -> bool:
         """Whether a local account exists (always asks storage: no cached absence)."""

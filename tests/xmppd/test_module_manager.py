@@ -529,6 +529,95 @@ async def test_unload_removes_service_host(h: ModuleHarness, manager: ModuleMana
     assert "conference.localhost" not in h.server.hosts
 
 
+class Rooms(Module):
+    """Test module that serves an IQ on its own service subdomain."""
+
+    name = "rooms"
+
+    async def load(self) -> None:
+        self.service = self.ctx.service_context("rooms")
+        self.service.add_iq_handler("get", f"{{{NS}}}q", self.answer)
+        self.service.add_feature(NS)
+        self.service.open_store("state", StoreKind.KEYVALUE)
+
+    async def answer(self, request: IqRequest) -> etree._Element | None:
+        return etree.Element(f"{{{NS}}}q", served_by=self.service.host.domain)
+
+
+async def test_service_context_registers_on_the_subdomain(h: ModuleHarness, manager: ModuleManager):
+    module = await manager.load_one(h.host(), Rooms, "rooms", Rooms.Options())
+    assert isinstance(module, Rooms)
+    alice = await h.connect("alice@localhost/home", priority=0)
+
+    await h.send(alice, f"<iq to='rooms.localhost' type='get' id='r1'><q xmlns='{NS}'/></iq>")
+    await h.send(alice, f"<iq to='localhost' type='get' id='r2'><q xmlns='{NS}'/></iq>")
+
+    served, unserved = h.take(alice)
+    assert served.get("type") == "result"
+    assert served[0].get("served_by") == "rooms.localhost"
+    assert error_condition(unserved) == "service-unavailable"
+    assert NS in h.server.hosts["rooms.localhost"].features.features(Scope.HOST)
+    assert NS not in h.host().features.features(Scope.HOST)
+    await module.service.keyvalue("state").set("room", "k", {"v": 1})
+    assert await h.server.keyvalue("rooms.localhost", "state").get("room", "k") == {"v": 1}
+
+
+async def test_service_context_registrations_go_on_unload(h: ModuleHarness, manager: ModuleManager):
+    module = await manager.load_one(h.host(), Rooms, "rooms", Rooms.Options())
+    assert isinstance(module, Rooms)
+    service = module.service.host
+
+    await manager.unload_all()
+
+    assert "rooms.localhost" not in h.server.hosts
+    assert service.iq._handlers == {}
+    assert service.features.features(Scope.HOST) == []
+
+
+async def test_send_many_gives_each_recipient_its_own_copy(
+    h: ModuleHarness, manager: ModuleManager
+):
+    module = await manager.load_one(h.host(), Rooms, "rooms", Rooms.Options())
+    assert isinstance(module, Rooms)
+    alice = await h.connect("alice@localhost/home", priority=0)
+    phone = await h.connect("alice@localhost/phone", priority=0)
+    message = etree.Element("{jabber:client}message", type="groupchat")
+    message.set("from", "room@rooms.localhost/nick")
+    etree.SubElement(message, "{jabber:client}body").text = "<hi> & 'all'"
+
+    await module.service.send_many(
+        message, ["alice@localhost/home", "alice@localhost/phone", "alice@localhost/home"]
+    )
+
+    home = h.take(alice)
+    assert [m.get("to") for m in home] == ["alice@localhost/home"] * 2
+    (on_phone,) = h.take(phone)
+    assert on_phone.get("to") == "alice@localhost/phone"
+    assert on_phone.findtext("{jabber:client}body") == "<hi> & 'all'"
+    assert on_phone.get("from") == "room@rooms.localhost/nick"
+    assert message.get("to") is None  # the caller's element is left as it was
+
+
+async def test_send_many_bounces_for_absent_recipients(h: ModuleHarness, manager: ModuleManager):
+    module = await manager.load_one(h.host(), Rooms, "rooms", Rooms.Options())
+    assert isinstance(module, Rooms)
+    alice = await h.connect("alice@localhost/home", priority=0)
+    seen: list[str | None] = []
+
+    async def on_error(event: ev.StanzaEvent) -> bool:
+        seen.append(event.stanza.element.get("from"))
+        return True
+
+    module.service.hook(ev.MESSAGE_FULL, on_error)
+    message = etree.Element("{jabber:client}message", type="groupchat")
+    message.set("from", "room@rooms.localhost/nick")
+
+    await module.service.send_many(message, ["alice@localhost/gone", "alice@localhost/home"])
+
+    assert [m.get("to") for m in h.take(alice)] == ["alice@localhost/home"]
+    assert seen == ["alice@localhost/gone"]  # RFC 6121 §8.5.3.2.1: the error goes to the room
+
+
 # --- shipped modules ----------------------------------------------------------------------------------
 
 
