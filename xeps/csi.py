@@ -42,6 +42,7 @@ CSI nonzas before resource binding are ignored: nothing is ever sent to an unbou
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 
 from lxml import etree
@@ -223,7 +224,10 @@ class ClientStateIndication(Module):
             return element
         else:
             return element  # not a stanza (e.g. a stream management nonza): not held
-        size = len(etree.tostring(element, with_tail=False))
+        data = session.wire
+        if data is not None:
+            element = deepcopy(element)  # shared with a fan-out's other recipients
+        size = len(data if data is not None else etree.tostring(element, with_tail=False))
         held.stanzas[key] = (element, size)
         held.size += size
         if len(held.stanzas) > self.options.max_stanzas or held.size > self.options.max_bytes:

@@ -24,6 +24,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 
 from lxml import etree
@@ -209,7 +210,8 @@ class Offline(Module):
         held = self._held.get(session.id)
         if held is None:
             return element
-        held.append(element)
+        # A fan-out's element is shared with its other recipients: keep a copy.
+        held.append(element if session.wire is None else deepcopy(element))
         return None
 
     # --- removing ------------------------------------------------------------------------

@@ -7,7 +7,9 @@ nothing consuming it the sender gets service-unavailable (§8.5.2.2.1).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from copy import deepcopy
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -16,13 +18,16 @@ from xmppd import events as ev
 from xmppd.errors import StanzaError
 from xmppd.events import Priority
 from xmppd.iq import Target
-from xmppd.jid import JID
+from xmppd.jid import JID, JIDError
 from xmppd.session_manager import SessionManager
+from xmppd.stream.serializer import SharedBytes
 
 if TYPE_CHECKING:
     from xmppd.hosts import Host
     from xmppd.router import Router
     from xmppd.session import Session
+
+logger = logging.getLogger(__name__)
 
 AccountExists = Callable[[str, str], Awaitable[bool]]
 
@@ -73,6 +78,41 @@ class Delivery:
         if reply is not None:
             await self.router.route(reply)
         return True
+
+    # --- fan-out -------------------------------------------------------------------------
+    async def fan_out(self, element: etree._Element, recipients: Iterable[JID | str]) -> None:
+        """Route a copy of a server-generated stanza (e.g. a MUC broadcast) to each recipient,
+        in order, serialized once.
+
+        A recipient bound here with a live connection gets the stanza straight through its
+        host's send filters (as presence broadcast does: blocking, client state indication and
+        stream management all apply), with the shared bytes and its own 'to' spliced in; the
+        recipient host's routing hooks do not run (for such a stanza they would only deliver
+        it). Anyone else gets a routed copy: remote and hibernated recipients, and absent
+        ones, whose error bounces back to the sender (RFC 6121 §8.5.3.2.1).
+        """
+        shared = deepcopy(element)  # ours: its 'to' is set for each recipient in turn
+        wire: SharedBytes | None = None
+        prepared = False
+        for to in recipients:
+            try:
+                jid = to if isinstance(to, JID) else JID.parse(to)
+            except JIDError:
+                logger.warning("fan-out to a malformed JID %r skipped", to)
+                continue
+            session = self.sessions.get(jid) if jid.resource is not None else None
+            conn = session.conn if session is not None else None
+            if session is None or conn is None or conn.closed:
+                copy = deepcopy(element)
+                copy.set("to", str(jid))
+                await self.router.route(copy)
+                continue
+            if not prepared:
+                wire = SharedBytes.of(shared)
+                prepared = True
+            text = str(jid)
+            shared.set("to", text)
+            session.send(shared, wire.to(text) if wire is not None else None)
 
     # --- messages ------------------------------------------------------------------------
     async def message_bare(self, event: ev.StanzaEvent) -> bool:

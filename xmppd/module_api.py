@@ -119,7 +119,7 @@ class ServerServices(Protocol):
     async def route(self, element: etree._Element) -> None:
         """Route a server-generated stanza (its 'from' already set)."""
 
-    async def route_many(self, element: etree._Element, recipients: Iterable[str]) -> None:
+    async def route_many(self, element: etree._Element, recipients: Iterable[JID | str]) -> None:
         """Route copies of a server-generated stanza, one per recipient 'to', in order."""
 
     async def account_exists(self, host: str, username: str) -> bool:
@@ -231,8 +231,9 @@ class ModuleContext:
             element.set("from", self.host.domain)
         await self.services.route(element)
 
-    async def send_many(self, element: etree._Element, recipients: Iterable[str]) -> None:
-        """Route one stanza to each of `recipients` (e.g. a MUC broadcast), in order.
+    async def send_many(self, element: etree._Element, recipients: Iterable[JID | str]) -> None:
+        """Route one stanza to each of `recipients` (e.g. a MUC broadcast), in order,
+        serialized once (see `Delivery.fan_out`).
 
         `element` carries 'from' and everything but 'to'; each copy gets one recipient's
         'to'. The element is not changed and may be reused by the caller afterwards.

@@ -11,8 +11,7 @@ IQ get/set, and the session survives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from copy import deepcopy
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
 
 from lxml import etree
@@ -104,14 +103,6 @@ class Router:
             logger.warning("dropping server stanza with bad addresses: %s", etree.tostring(element))
             return
         await self._dispatch_unsent(Stanza(element, kind, element.get("type"), from_, to), to)
-
-    async def route_many(self, element: etree._Element, recipients: Iterable[str]) -> None:
-        """Route a copy of a server-generated stanza to each recipient, in order; `element`
-        itself is left unchanged."""
-        for to in recipients:
-            copy = deepcopy(element)
-            copy.set("to", to)
-            await self.route(copy)
 
     async def from_component(self, element: etree._Element, from_: JID, to: JID) -> None:
         """Route a stanza from an authenticated external component (XEP-0114), in order.

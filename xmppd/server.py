@@ -366,9 +366,9 @@ class Server:
         """Route a server-generated stanza."""
         await self.router.route(element)
 
-    async def route_many(self, element: etree._Element, recipients: Iterable[str]) -> None:
+    async def route_many(self, element: etree._Element, recipients: Iterable[JID | str]) -> None:
         """Route copies of a server-generated stanza, one per recipient 'to', in order."""
-        await self.router.route_many(element, recipients)
+        await self.delivery.fan_out(element, recipients)
 
     async def account_exists(self, host: str, username: str) -> bool:
         """Whether a local account exists (always asks storage: no cached absence)."""

@@ -81,6 +81,7 @@ class Session:
         "presence",
         "priority",
         "username",
+        "wire",
     )
 
     def __init__(self, host: Host, conn: SessionTransport | None) -> None:
@@ -96,6 +97,7 @@ class Session:
         self.on_handled: Callable[[], None] | None = None  # stream management counts here
         self.peer = ""  # the client's address, for logs
         self.ext: dict[type, object] | None = None  # per-module state, keyed by module class
+        self.wire: bytes | None = None  # see send(): the bytes of the element being filtered
 
     @property
     def log(self) -> SessionLog:
@@ -109,15 +111,32 @@ class Session:
             raise RuntimeError("session is not bound")
         return self.jid
 
-    def send(self, element: etree._Element) -> None:
-        """Send a top-level element to the client, through the host's send filters."""
-        for send_filter in self.host.send_filters:
-            filtered = send_filter(self, element)
-            if filtered is None:
-                return
-            element = filtered
+    def send(self, element: etree._Element, data: bytes | None = None) -> None:
+        """Send a top-level element to the client, through the host's send filters.
+
+        `data`, when given, is `element` already serialized (a fan-out serializes once for
+        every recipient): the filters see it as `self.wire`, and `element` is then shared
+        with other recipients, so a filter that keeps it must keep a copy.
+        """
+        filters = self.host.send_filters
+        if filters:
+            self.wire = data
+            try:
+                for send_filter in filters:
+                    filtered = send_filter(self, element)
+                    if filtered is None:
+                        return
+                    if filtered is not element:
+                        element = filtered
+                        self.wire = None  # another element: the bytes no longer match
+                data = self.wire  # None if a nested send (a filter's flush) used the slot
+            finally:
+                self.wire = None
         if self.conn is not None:
-            self.conn.send_element(element)
+            if data is None:
+                self.conn.send_element(element)
+            else:
+                self.conn.send_bytes(data)
 
     def attach(self, conn: SessionTransport) -> None:
         """Carry this session on another connection (stream management resumption)."""

@@ -292,3 +292,37 @@ async def test_a_deferred_ack_never_reports_a_lower_count_than_one_sent(tmp_path
         StreamManagement._send_a(session, sm, 1)  # a barrier that finished late
         StreamManagement._send_a(session, sm, 3)
         assert [a.get("h") for a in h.take(session)] == ["3", "3"]
+
+
+async def test_fan_out_bytes_are_counted_and_replayed_with_each_to(sm_server: Server) -> None:
+    alice = await sm_client(sm_server, "alice", "a")
+    bob = await sm_client(sm_server, "bob", "b")
+    message = etree.Element("{jabber:client}message", nsmap={None: "jabber:client"})
+    message.set("from", "room@conference.localhost/carol")
+    message.set("type", "groupchat")
+    etree.SubElement(message, BODY).text = "to all"
+
+    # One serialization, two recipients (as a MUC broadcast): each sees its own 'to'.
+    await sm_server.route_many(message, ["alice@localhost/a", "bob@localhost/b"])
+
+    for raw, to in ((alice, "alice@localhost/a"), (bob, "bob@localhost/b")):
+        got = await next_stanza(raw)
+        assert (got.get("to"), got.findtext(BODY)) == (to, "to all")
+    session = sm_server.sessions.get(JID.parse("bob@localhost/b"))
+    assert session is not None
+    sm_id = bob.sm_id  # type: ignore[attr-defined]
+    bob.writer.transport.abort()
+    for _ in range(50):
+        if session.conn is None:
+            break
+        await asyncio.sleep(0.02)
+    fresh = await RawClient.connect(port(sm_server))
+    await fresh.login("bob", PASSWORD, bind=False)
+    await fresh.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    await fresh.expect(f"{{{SM}}}resumed")
+    replayed = await next_stanza(fresh)
+    while replayed.tag != "{jabber:client}message":
+        replayed = await next_stanza(fresh)
+    assert (replayed.get("to"), replayed.findtext(BODY)) == ("bob@localhost/b", "to all")
+    await fresh.close()
+    await alice.close()

@@ -434,3 +434,20 @@ async def test_only_the_inactive_session_holds(
     await h.send(bob, "<presence to='alice@localhost' id='p1'/>")  # to every resource
     assert ids(h.take(laptop)) == ["p1"]
     assert h.take(alice) == []
+
+
+async def test_fan_out_to_inactive_session_holds_its_own_copy(
+    h: ModuleHarness, alice: Session, bob: Session
+) -> None:
+    await nonza(h, alice, INACTIVE)
+    presence = etree.Element("{jabber:client}presence", nsmap={None: "jabber:client"}, id="f1")
+    presence.set("from", "room@conference.localhost/carol")
+
+    # One fan-out element and its bytes serve both: alice's filter holds, bob's gets it.
+    await h.server.route_many(presence, ["alice@localhost/phone", "bob@localhost/desk"])
+
+    assert [p.get("to") for p in h.take(bob)] == ["bob@localhost/desk"]
+    await nonza(h, alice, ACTIVE)
+    (held,) = h.take(alice)
+    assert held.get("to") == "alice@localhost/phone"
+    assert held.get("id") == "f1"

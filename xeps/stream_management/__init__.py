@@ -273,7 +273,7 @@ class StreamManagement(Module):
         sm = ext.get(SmState)
         if not isinstance(sm, SmState) or element.tag not in STANZA_TAGS:
             return element
-        data = serialize(element)
+        data = session.wire or serialize(element)  # a fan-out's shared bytes serve as they are
         sm.push(data)
         conn = session.conn
         if len(sm.unacked) > self.options.max_unacked:

@@ -72,3 +72,46 @@ def serialize(element: etree._Element) -> bytes:
         UTF-8 bytes without an XML declaration, e.g. ``<message xmlns="jabber:client" ...>``.
     """
     return etree.tostring(element, encoding="utf-8", with_tail=False)
+
+
+# Stands for the 'to' value while a shared stanza is serialized: private-use characters that
+# an element built by the server does not otherwise carry (checked: it must occur once).
+_TO_MARK = "\ue000to\ue001"
+_TO_MARK_BYTES = _TO_MARK.encode()
+_ATTR_SPECIAL = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "\t": "&#9;",
+        "\n": "&#10;",
+        "\r": "&#13;",
+    }
+)
+
+
+class SharedBytes:
+    """One stanza serialized once for many recipients (e.g. a MUC broadcast): each copy's
+    bytes are the shared bytes with that recipient's 'to' spliced in."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self._head = head
+        self._tail = tail
+
+    @classmethod
+    def of(cls, element: etree._Element) -> SharedBytes | None:
+        """Serialize `element` with a placeholder 'to' (its 'to' is left changed); None when
+        the placeholder cannot be found exactly once (then serialize per recipient)."""
+        element.set("to", _TO_MARK)
+        data = serialize(element)
+        if data.count(_TO_MARK_BYTES) != 1:
+            return None
+        head, _, tail = data.partition(_TO_MARK_BYTES)
+        return cls(head, tail)
+
+    def to(self, to: str) -> bytes:
+        """The stanza's bytes addressed to `to` (escaped as an attribute value)."""
+        return b"".join((self._head, to.translate(_ATTR_SPECIAL).encode(), self._tail))

@@ -7,7 +7,7 @@ from lxml import etree
 
 from xmppd.ns import NS_CLIENT, NS_SASL, NS_STREAMS, XML_LANG
 from xmppd.stream.parser import ElementReceived, StreamOpened, StreamParser
-from xmppd.stream.serializer import STREAM_CLOSE, serialize, stream_header
+from xmppd.stream.serializer import STREAM_CLOSE, SharedBytes, serialize, stream_header
 
 CLIENT_HEADER = (
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
@@ -111,3 +111,33 @@ def test_serialized_stanza_parses_standalone():
     element = parse_in_stream(b"<message to='a@b'><body>x</body></message>")
     standalone = etree.fromstring(serialize(element))
     assert_same(element, standalone)
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "bob@localhost/phone",
+        'o\'brien@localhost/a&b<c>"d"',
+        "user@localhost/tab\there",
+        "zoë@localhost/☃",
+    ],
+)
+def test_shared_bytes_splice_equals_serializing_each_copy(to: str) -> None:
+    element = etree.Element("{jabber:client}message", nsmap={None: "jabber:client"})
+    element.set("from", "room@conference.localhost/nick")
+    element.set("type", "groupchat")
+    etree.SubElement(element, "{jabber:client}body").text = "<b>&amp; 'quoted' \"text\""
+    shared = SharedBytes.of(element)
+    assert shared is not None
+
+    element.set("to", to)
+    assert shared.to(to) == serialize(element)
+    parsed = etree.fromstring(shared.to(to))
+    assert parsed.get("to") == to
+
+
+def test_shared_bytes_refuse_an_element_carrying_the_placeholder() -> None:
+    element = etree.Element("{jabber:client}message", nsmap={None: "jabber:client"})
+    etree.SubElement(element, "{jabber:client}body").text = "\ue000to\ue001"
+
+    assert SharedBytes.of(element) is None
