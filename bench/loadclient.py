@@ -1861,6 +1861,160 @@ async def run_slowreader(target: Target, args: argparse.Namespace) -> dict[str, 
     )
 
 
+# --- muc: fan-out to a room ---------------------------------------------------------------------
+
+NS_MUC = "http://jabber.org/protocol/muc"
+SELF_PRESENCE = (b"code='110'", b'code="110"')
+
+
+class MucReceiver:
+    """An occupant's raw stream: counts delivered groupchat messages (``</message>`` end tags,
+    also across reads) and errors, and notes its self-presence (status 110) and IQ results."""
+
+    __slots__ = ("joined", "results", "room", "tail", "totals")
+
+    def __init__(self, room: MucRoom, totals: Totals) -> None:
+        self.room = room
+        self.totals = totals
+        self.joined = False
+        self.results = 0
+        self.tail = b""
+
+    def __call__(self, data: bytes) -> None:
+        joined = self.tail + data
+        count = joined.count(MESSAGE_END) - self.tail.count(MESSAGE_END)
+        if not self.joined and any(code in joined for code in SELF_PRESENCE):
+            self.joined = True
+        if b"result" in joined:
+            self.results += joined.count(b"type='result'") + joined.count(b'type="result"')
+        if b"error" in data:
+            self.totals.errors += data.count(b"type='error'") + data.count(b'type="error"')
+        self.tail = joined[-SM_TAIL:]
+        if count:
+            self.totals.delivered += count
+            self.room.refill()
+
+
+class MucRoom:
+    """Senders keeping ``window`` room messages in flight in all: a message counts as done once
+    every occupant got it (estimated from the delivered total: sent - delivered / occupants)."""
+
+    __slots__ = ("occupants", "running", "senders", "sent", "totals", "turn", "window", "wire")
+
+    def __init__(
+        self,
+        senders: Sequence[XmppConnection],
+        room: str,
+        occupants: int,
+        window: int,
+        totals: Totals,
+    ) -> None:
+        self.senders = senders
+        self.occupants = occupants
+        self.window = window
+        self.totals = totals
+        self.sent = 0
+        self.turn = 0
+        self.running = False
+        self.wire = (
+            f"<message to='{room}' type='groupchat'><body>bench payload 0123456789</body></message>"
+        ).encode()
+
+    def in_flight(self) -> float:
+        return self.sent - self.totals.delivered / self.occupants
+
+    def refill(self) -> None:
+        """Top the window up, one message per sender in turn."""
+        while self.running and self.in_flight() < self.window:
+            self.senders[self.turn % len(self.senders)].send(self.wire)
+            self.turn += 1
+            self.sent += 1
+
+
+async def run_muc(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """Occupants join one room; some of them message it as fast as the window allows;
+    delivered groupchat stanzas per second (every occupant's copy counts)."""
+    names = usernames(args.prefix, args.occupants)
+    setup = time.perf_counter()
+    conns, errors = await login_many(target, names, presence=True, concurrency=args.concurrency)
+    result: dict[str, Any] = {
+        "occupants": args.occupants,
+        "senders": args.senders,
+        "window": args.window,
+    }
+    if errors:
+        await close_all(conns)
+        return result | {"ok": False, "login_errors": len(errors), "first_error": errors[0]}
+    conns.sort(key=lambda conn: int(conn.jid.split("@")[0].removeprefix(args.prefix)))
+    room = f"{args.room}@{args.service}.{target.domain}"
+    totals = Totals()
+    muc = MucRoom(conns[: args.senders], room, len(conns), args.window, totals)
+    receivers = []
+    for conn in conns:
+        receiver = MucReceiver(muc, totals)
+        conn.handler = receiver
+        receivers.append(receiver)
+
+    async def join(index: int) -> bool:
+        conns[index].send(
+            f"<presence to='{room}/n{index}'><x xmlns='{NS_MUC}'>"
+            "<history maxstanzas='0'/></x></presence>".encode()
+        )
+        return await _wait_for(lambda: receivers[index].joined, args.timeout)
+
+    # XEP-0045 §10.1.2: the first occupant creates the room and accepts the default
+    # configuration (an instant room), which unlocks it for the others.
+    if not await join(0):
+        await close_all(conns)
+        return result | {"ok": False, "first_error": "the room creator never joined"}
+    conns[0].send(
+        f"<iq to='{room}' type='set' id='create'><query xmlns='{NS_MUC}#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'/></query></iq>".encode()
+    )
+    if not await _wait_for(lambda: receivers[0].results > 0, args.timeout):
+        await close_all(conns)
+        return result | {"ok": False, "first_error": "instant room configuration failed"}
+    for index in range(1, len(conns)):
+        if not await join(index):
+            await close_all(conns)
+            return result | {"ok": False, "first_error": f"occupant {index} never joined"}
+    result["setup_s"] = round(time.perf_counter() - setup, 2)
+    result["tls"] = conns[0].tls_version()
+    await asyncio.sleep(0.5)  # the last join's presence flood settles
+    totals.delivered = 0
+    totals.errors = 0
+
+    muc.running = True
+    muc.refill()
+    await asyncio.sleep(args.warmup)
+    start, meter = totals.delivered, CpuMeter(args.pid)
+    samples = await sample_counter(totals, args.duration)
+    delivered, elapsed, usage = (
+        totals.delivered - start,
+        time.perf_counter() - meter.wall,
+        meter.read(),
+    )
+    muc.running = False
+    expected = muc.sent * len(conns)
+    drained = await _wait_for(lambda: totals.delivered >= expected, 20.0)
+    alive = sum(conn.alive for conn in conns)
+    await close_all(conns)
+    rate = slope(samples)
+    return result | {
+        "ok": drained and totals.errors == 0 and alive == len(conns) and delivered > 0,
+        "delivered_per_s": round(rate),
+        "room_msg_per_s": round(rate / len(conns)),
+        "server_us_per_delivery": server_cost(usage, elapsed, delivered, 1e6),
+        "client_bound": client_bound(usage),
+        "delivered": delivered,
+        "duration_s": round(elapsed, 2),
+        "undelivered": max(0, expected - totals.delivered),
+        "errors": totals.errors,
+        "connections_lost": len(conns) - alive,
+        **usage,
+    }
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 SCENARIOS = {
@@ -1871,6 +2025,7 @@ SCENARIOS = {
     "logins": run_logins,
     "afterload": run_afterload,
     "slowreader": run_slowreader,
+    "muc": run_muc,
 }
 
 
@@ -1931,6 +2086,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sources", type=int, default=5, help="loopback sources 127.0.0.2+")
     p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
     p.add_argument("--reclaim", type=float, default=45.0, help="wait for RSS to return, s")
+
+    p = sub.add_parser("muc")
+    p.add_argument("--occupants", type=int, default=100)
+    p.add_argument("--senders", type=int, default=10, help="occupants that send")
+    p.add_argument("--window", type=int, default=20, help="room messages in flight, all senders")
+    p.add_argument("--room", default="bench")
+    p.add_argument("--service", default="conference", help="the MUC service's subdomain")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=50)
 
     p = sub.add_parser("slowreader")
     p.add_argument("--duration", type=float, default=10.0, help="flood seconds")

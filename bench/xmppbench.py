@@ -55,6 +55,7 @@ SCENARIOS = (
     "throughput_plain",
     "throughput_durable",
     "latency_durable",
+    "muc",
     "hold",
 )
 # hold (N connections held --hold seconds, 5 minutes by default) runs only when named
@@ -68,6 +69,7 @@ PROFILES = {
     "throughput_plain": "plain",
     "throughput_durable": "durable",
     "latency_durable": "durable",
+    "muc": "muc",
 }
 CONNECTIONS_PER_SOURCE = 2000  # idle connections per loopback source address (127.0.0.2, ...)
 
@@ -83,6 +85,11 @@ METRICS: dict[str, tuple[tuple[str, bool | None], ...]] = {
         ("durable_plain_ratio", True),
     ),
     "latency_durable": (("rate", None), ("p50_ms", False), ("p99_ms", False), ("max_ms", False)),
+    "muc": (
+        ("delivered_per_s", True),
+        ("room_msg_per_s", True),
+        ("server_us_per_delivery", False),
+    ),
     "memory": (
         ("kib_per_conn", False),
         ("setup_conn_per_s", True),
@@ -141,12 +148,20 @@ class Plan:
     flood_bytes: int = 200_000_000
     # R stays unread ~36 s in all: longer than xmppd's slow_reader_timeout (30 s by default)
     linger: float = 25.0
+    occupants: int = 100
+    muc_senders: int = 10
+    muc_window: int = 20
 
     @property
     def accounts(self) -> int:
         """Accounts every scenario together needs."""
         return max(
-            2 * self.throughput_pairs, 2 * self.latency_pairs, self.idle, self.login_workers, 3
+            2 * self.throughput_pairs,
+            2 * self.latency_pairs,
+            self.idle,
+            self.login_workers,
+            self.occupants,
+            3,
         )
 
     def _idle_args(self) -> list[str]:
@@ -182,6 +197,9 @@ class Plan:
             pairs = ["--pairs", str(self.throughput_pairs), "--window", str(self.window)]
             storm = [*self._idle_args(), "--storm-concurrency", str(self.idle_concurrency)]
             return [scenario, *pairs, *timing, *storm]
+        if scenario == "muc":
+            room = ["--occupants", str(self.occupants), "--senders", str(self.muc_senders)]
+            return [scenario, *room, "--window", str(self.muc_window), *timing]
         if scenario == "slowreader":
             flood = ["--duration", str(self.flood), "--bytes", str(self.flood_bytes)]
             return [scenario, *flood, "--linger", str(self.linger)]
@@ -216,6 +234,8 @@ QUICK = Plan(
     flood=3.0,
     flood_bytes=50_000_000,
     linger=2.0,
+    occupants=20,
+    muc_senders=4,
 )
 
 
