@@ -101,6 +101,16 @@ class Blocking(Module):
         self.ctx.add_send_filter(self._filter)
 
     # --- list storage ----------------------------------------------------------------------
+    @hook(ev.BLOCK_QUERY)
+    async def query(self, event: ev.BlockQuery) -> bool:
+        """Whether a local account of this host blocks a JID (for other modules)."""
+        owner = event.owner
+        if owner.local is None or owner.domain != self.ctx.host.domain:
+            return False
+        items = await self.blocklist(owner.local)
+        event.blocked = any(matches(item, event.other) for item in items)
+        return True
+
     async def blocklist(self, username: str) -> frozenset[JID]:
         """The block list of a local account of this host."""
         if username in self._loaded:

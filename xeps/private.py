@@ -6,6 +6,9 @@ nothing is); a set stores its children under their namespaces, several elements 
 namespace together (XEP-0049 §2). The reserved namespaces jabber:client,
 jabber:server and jabber:iq:private, and a query without a namespaced child, are refused with
 not-acceptable (XEP-0049 §2). What one namespace holds is limited to `max_size` bytes.
+
+With a PEP module loaded, the bookmarks module answers ``storage:bookmarks`` requests itself
+(XEP-0402 §5.3: the list is kept as Bookmarks 2 items); everything else is stored here.
 """
 
 from __future__ import annotations

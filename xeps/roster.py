@@ -8,7 +8,8 @@ hidden item (not shown nor pushed, §3.1.3) together with the request stanza, wh
 redelivered to every resource that comes online until the user answers it.
 
 Other modules read subscription states through the ROSTER_QUERY event (presence broadcast,
-probes, disco access to an account).
+probes, disco access to an account) and a contact's groups through ROSTER_GROUPS (the PEP
+'roster' access model).
 """
 
 from __future__ import annotations
@@ -655,6 +656,16 @@ class RosterModule(Module):
         session.send(element)
 
     # --- other modules' questions ----------------------------------------------------------
+    @hook(ev.ROSTER_GROUPS)
+    async def groups(self, event: ev.RosterGroups) -> bool:
+        """The groups of one contact's roster item (XEP-0060 'roster' access model)."""
+        if event.user.domain != self.ctx.host.domain or event.user.local is None:
+            return False
+        item = (await self.get_roster(event.user.local)).items.get(str(event.contact.bare))
+        if item is not None and not item.hidden:
+            event.groups.update(item.groups)
+        return True
+
     @hook(ev.ROSTER_QUERY)
     async def query(self, event: ev.RosterQuery) -> bool:
         """Subscription states of an account's items (all, or one contact)."""

@@ -277,3 +277,44 @@ ROSTER_QUERY: ChainKey[RosterQuery] = ChainKey("roster/query")
 # Personal eventing (XEP-0163): requests to the PEP module, and what changed in a node.
 PEP_REQUEST: ChainKey[PepRequest] = ChainKey("pep/request")
 PEP_CHANGED: NotifyKey[PepChanged] = NotifyKey("pep/changed")
+
+
+@dataclass(slots=True)
+class CapsChanged:
+    """XEP-0115: what a local account knows of an entity's capabilities, learnt from the
+    entity's presence (the account's own resources included). `features` are the entity's
+    verified disco#info features; None when it went unavailable (forget it). Fired by the
+    caps module when the set changes, e.g. for PEP's filtered notifications (XEP-0163)."""
+
+    user: JID  # the local account's bare JID that received the presence
+    entity: JID  # the entity's full JID
+    features: frozenset[str] | None
+
+
+@dataclass(slots=True)
+class RosterGroups:
+    """Asks the roster module for the groups of `contact` in `user`'s roster (XEP-0060
+    'roster' access model). The handler fills `groups` (empty: no item or no group) and
+    returns True; unanswered, callers must assume nothing."""
+
+    user: JID  # the account's bare JID
+    contact: JID  # a bare JID
+    groups: set[str] = field(default_factory=set)
+
+
+CAPS_CHANGED: NotifyKey[CapsChanged] = NotifyKey("caps/changed")
+ROSTER_GROUPS: ChainKey[RosterGroups] = ChainKey("roster/groups")
+
+
+@dataclass(slots=True)
+class BlockQuery:
+    """Asks the blocking module whether a local account blocks `other` (XEP-0191 §3.3), for
+    stanzas the server sends in the account's name (e.g. PEP notifications). The handler sets
+    `blocked` and returns True; unanswered, nothing is blocked (no blocking module)."""
+
+    owner: JID  # the account's bare JID
+    other: JID
+    blocked: bool = False
+
+
+BLOCK_QUERY: ChainKey[BlockQuery] = ChainKey("blocking/query")

@@ -3,6 +3,7 @@ feature's ver is checked with slixmpp's own verification-string implementation."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from slixmpp.exceptions import IqError
 
 from tests.conftest import PASSWORD, Client, ClientFactory, make_config
 from tests.helpers.wire import RawClient, client_context
+from xmppd import events as ev
 from xmppd.jid import JID
 from xmppd.server import Server
 
@@ -80,3 +82,33 @@ async def test_unknown_caps_node_is_not_answered_as_the_server(connect: ClientFa
     with pytest.raises(IqError) as info:
         await alice.plugin["xep_0030"].get_info(jid="localhost", node="urn:stale#nope")
     assert info.value.condition == "item-not-found"
+
+
+async def test_server_learns_and_verifies_a_clients_caps(server: Server) -> None:
+    """Client side (§6.2): the server asks slixmpp's node#ver and believes the answer only
+    because it hashes to the ver slixmpp advertised."""
+    learnt: asyncio.Future[ev.CapsChanged] = asyncio.get_running_loop().create_future()
+
+    async def record(event: ev.CapsChanged) -> None:
+        if event.features is not None and not learnt.done():
+            learnt.set_result(event)
+
+    server.hosts["localhost"].bus.add_notify(ev.CAPS_CHANGED, record, 0)
+    client = Client("alice@localhost/caps", PASSWORD)
+    client.register_plugin("xep_0115")
+    client.register_plugin("xep_0163")
+    client.ssl_context = client_context()
+    started = client.wait_until("session_start", timeout=15)
+    client.connect("127.0.0.1", server.ports["c2s"][0])
+    await started
+    try:
+        client.plugin["xep_0030"].add_feature("http://jabber.org/protocol/tune+notify")
+        await client.plugin["xep_0115"].update_caps(broadcast=False)
+        client.send_presence()
+        event = await asyncio.wait_for(learnt, 15)
+        assert str(event.entity) == "alice@localhost/caps"
+        assert event.user == JID.parse("alice@localhost")
+        assert "http://jabber.org/protocol/tune+notify" in event.features
+        assert "http://jabber.org/protocol/caps" in event.features
+    finally:
+        client.disconnect(wait=0)

@@ -6,6 +6,7 @@ Tier 2: a real Server on memory storage, fake sessions.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -15,8 +16,10 @@ import pytest
 from lxml import etree
 
 from tests.helpers.harness import ModuleHarness, error_condition
-from xeps.caps import Caps, verification_hash, verification_string
+from xeps.caps import Caps, parse_info, verification_hash, verification_string
+from xmppd import events as ev
 from xmppd.features import Identity
+from xmppd.jid import JID
 
 NS_CAPS = "http://jabber.org/protocol/caps"
 NS_INFO = "http://jabber.org/protocol/disco#info"
@@ -143,3 +146,136 @@ async def test_stale_node_is_left_to_disco(h: ModuleHarness) -> None:
 def test_sha1_base64_helper_is_standard() -> None:
     digest = base64.b64encode(hashlib.sha1(b"").digest()).decode()
     assert verification_hash([], [], []) == digest
+
+
+# --- client side: caps of the entities an account hears from (XEP-0115 §6.2, §5.4) --------
+
+
+def test_parse_info_refuses_what_section_5_4_forbids() -> None:
+    def query(body: str) -> etree._Element:
+        return etree.fromstring(f"<query xmlns='{NS_INFO}'>{body}</query>")
+
+    ok = query("<identity category='client' type='pc'/><feature var='a'/>")
+    assert parse_info(ok) is not None
+    assert parse_info(query("<feature var='a'/><feature var='a'/>")) is None
+    assert (
+        parse_info(query("<identity category='c' type='t'/><identity category='c' type='t'/>"))
+        is None
+    )
+    form = (
+        f"<x xmlns='{NS_DATA}' type='result'><field var='FORM_TYPE'{{t}}><value>urn:f</value>"
+        "</field></x>"
+    )
+    assert parse_info(query(form.format(t=" type='hidden'"))) is not None
+    assert parse_info(query(form.format(t=""))) is None
+    assert parse_info(query(form.format(t=" type='hidden'") * 2)) is None
+
+
+def test_verification_hash_other_algorithms() -> None:
+    identities = [Identity("client", "pc")]
+    text = verification_string(identities, ["a"], [])
+    digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+    assert verification_hash(identities, ["a"], [], algorithm="sha-256") == digest
+
+
+async def client_caps(
+    h: ModuleHarness, jid: str, features: list[str], hash_: str = "sha-1"
+) -> tuple[str, list[ev.CapsChanged]]:
+    """Bind `jid`, send presence with caps; return the ver and a live list of CAPS_CHANGED."""
+    seen: list[ev.CapsChanged] = []
+
+    async def record(event: ev.CapsChanged) -> None:
+        seen.append(event)
+
+    h.host().bus.add_notify(ev.CAPS_CHANGED, record, 0)
+    ver = verification_hash([Identity("client", "pc")], features, [], algorithm=hash_)
+    session = await h.connect(jid)
+    await h.send(
+        session,
+        f"<presence><c xmlns='{NS_CAPS}' hash='{hash_}' node='urn:n' ver='{ver}'/></presence>",
+    )
+    return ver, seen
+
+
+async def answer(h: ModuleHarness, jid: str, features: list[str]) -> None:
+    """Answer the caps module's pending disco#info query sent to `jid` (as its client)."""
+    session = h.server.sessions.get(JID.parse(jid))
+    assert session is not None
+    for _ in range(5):
+        await asyncio.sleep(0)
+    (query,) = [e for e in h.take(session) if e.get("type") == "get"]
+    node = query[0].get("node")
+    body = "".join(f"<feature var='{f}'/>" for f in features)
+    await h.send(
+        session,
+        f"<iq type='result' id='{query.get('id')}' to='{query.get('from')}'>"
+        f"<query xmlns='{NS_INFO}' node='{node}'><identity category='client' type='pc'/>"
+        f"{body}</query></iq>",
+    )
+    await asyncio.gather(*caps(h)._tasks)
+
+
+async def test_own_resource_caps_resolved_once_and_forgotten(h: ModuleHarness) -> None:
+    features = [NS_INFO, "urn:x+notify"]
+    _ver, seen = await client_caps(h, "alice@localhost/a", features, "sha-256")
+    await answer(h, "alice@localhost/a", features)
+    alice = JID.parse("alice@localhost")
+    assert [(e.user, str(e.entity), e.features) for e in seen] == [
+        (alice, "alice@localhost/a", frozenset(features))
+    ]
+    # A second resource with the same ver is not asked again.
+    second = await h.connect("alice@localhost/b")
+    await h.send(
+        second,
+        f"<presence><c xmlns='{NS_CAPS}' hash='sha-256' node='urn:n' ver='{_ver}'/></presence>",
+    )
+    assert [e for e in h.take(second) if e.get("type") == "get"] == []
+    assert seen[-1].entity == JID.parse("alice@localhost/b")
+    assert seen[-1].features == frozenset(features)
+    await h.send(second, "<presence type='unavailable'/>")
+    assert seen[-1].entity == JID.parse("alice@localhost/b")
+    assert seen[-1].features is None
+    assert caps(h).features_of(alice, JID.parse("alice@localhost/b")) is None
+
+
+async def test_wrong_answer_is_not_believed(h: ModuleHarness) -> None:
+    _ver, seen = await client_caps(h, "alice@localhost/a", [NS_INFO])
+    await answer(h, "alice@localhost/a", [NS_INFO, "urn:smuggled"])
+    assert seen == []
+    assert (
+        caps(h).features_of(JID.parse("alice@localhost"), JID.parse("alice@localhost/a"))
+        == frozenset()
+    )
+
+
+async def test_unknown_hash_function_is_ignored(h: ModuleHarness) -> None:
+    alice = await h.connect("alice@localhost/a")
+    await h.send(
+        alice, f"<presence><c xmlns='{NS_CAPS}' hash='md5' node='urn:n' ver='abc'/></presence>"
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [e for e in h.take(alice) if e.get("type") == "get"] == []
+
+
+async def test_a_bad_answer_makes_the_next_advertiser_be_asked(h: ModuleHarness) -> None:
+    features = [NS_INFO, "urn:y+notify"]
+    ver, seen = await client_caps(h, "alice@localhost/a", features)
+    second = await h.connect("alice@localhost/b")
+    await h.send(
+        second, f"<presence><c xmlns='{NS_CAPS}' hash='sha-1' node='urn:n' ver='{ver}'/></presence>"
+    )
+    first = h.server.sessions.get(JID.parse("alice@localhost/a"))
+    assert first is not None
+    for _ in range(5):
+        await asyncio.sleep(0)
+    (query,) = [e for e in h.take(first) if e.get("type") == "get"]
+    await h.send(
+        first,
+        f"<iq type='result' id='{query.get('id')}' to='localhost'>"
+        f"<query xmlns='{NS_INFO}' node='{query[0].get('node')}'><feature var='urn:lie'/>"
+        "</query></iq>",
+    )
+    await answer(h, "alice@localhost/b", features)
+    assert sorted(str(e.entity) for e in seen) == ["alice@localhost/a", "alice@localhost/b"]
+    assert all(e.features == frozenset(features) for e in seen)
