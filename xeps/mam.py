@@ -22,14 +22,15 @@ with, start, end and (#extended) before-id, after-id, ids; XEP-0059 paging (max,
 before, empty before = last page, index) with <first index/>, <last/>, <count/>; <flip-page/>.
 Also the form (IQ get <query/>), archive metadata (IQ get <metadata/>) and XEP-0441
 preferences (<prefs/>, kept in memory for the hot path and persisted). Old entries go after
-``max_age_days`` (0 keeps them forever).
+``max_age_days`` (0 keeps them forever). The query machinery (form, paging, result messages,
+<fin/>) is `xmppd.lib.mam`, shared with the MUC room archives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
 from lxml import etree
@@ -48,23 +49,25 @@ from xmppd.events import (
     StanzaEvent,
 )
 from xmppd.jid import JID, JIDError
-from xmppd.lib.delay import NS_DELAY, format_stamp, parse_stamp
-from xmppd.lib.forms import Field, build_form, parse_submitted
 from xmppd.lib.hints import BODY, NS_HINTS
-from xmppd.lib.rsm import RsmRequest, build_set, parse_set
+from xmppd.lib.mam import (
+    NS_MAM,
+    NS_MAM_EXTENDED,
+    build_fin,
+    find_page,
+    parse_query,
+    query_form,
+    read_metadata,
+    result_message,
+    sent_order,
+)
 from xmppd.lib.stanza_id import STANZA_ID, LeasedIds, stamp_stanza_id
 from xmppd.module_api import IqRequest, Module, StoreKind, Target, hook, iq_handler
-from xmppd.ns import NS_DATA
-from xmppd.stanza import make, new_id
-from xmppd.storage import ArchiveItem, JsonValue, StorageError
+from xmppd.storage import JsonValue, StorageError
 from xmppd.stream.serializer import serialize
 
-NS_MAM = "urn:xmpp:mam:2"
-NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
-NS_FORWARD = "urn:xmpp:forward:0"
-NS_XDATA_VALIDATE = "http://jabber.org/protocol/xdata-validate"
-QUERY = f"{{{NS_MAM}}}query"
-FLIP_PAGE = f"{{{NS_MAM}}}flip-page"
+__all__ = ["NS_MAM", "NS_MAM_EXTENDED", "Mam", "Prefs"]
+
 PREFS_DEFAULTS = ("always", "never", "roster")
 
 # Incoming: after stanza-id stamping (FIRST+100), blocking (FIRST) and forged-carbon removal
@@ -75,14 +78,10 @@ INCOMING_PRIORITY = Priority.LOW + 100
 OUTGOING_PRIORITY = Priority.NORMAL
 UNTAG_PRIORITY = Priority.LOW - 100
 
-MAX_IDS = 256  # ids in one 'ids' field
 MAX_JIDS = 1000  # JIDs in one <always/> or <never/> list
-MAX_QUERYID = 256
 _ARCHIVED_TYPES = frozenset({"chat", "normal"})
 _NO_STORE = frozenset({f"{{{NS_HINTS}}}no-store", f"{{{NS_HINTS}}}no-permanent-store"})
 _CONTENT = frozenset({BODY, f"{{{NS_HINTS}}}store"})
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-_KNOWN_FIELDS = frozenset({"with", "start", "end", "before-id", "after-id", "ids"})
 
 
 def scan(element: etree._Element, by: str | None) -> tuple[bool, str | None]:
@@ -156,21 +155,6 @@ def _jids(value: object) -> frozenset[JID]:
             except JIDError:
                 continue
     return frozenset(found)
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A parsed archive query."""
-
-    queryid: str | None
-    with_jid: JID | None
-    start: float | None
-    end: float | None
-    after_id: str | None
-    before_id: str | None
-    ids: tuple[str, ...] | None
-    rsm: RsmRequest
-    flip: bool
 
 
 class Mam(Module):
@@ -380,44 +364,14 @@ class Mam(Module):
     async def query_form(self, request: IqRequest) -> etree._Element:
         """§"Retrieving form fields": the fields a query may use."""
         request.own_account("the message archive")
-        query = etree.Element(QUERY, nsmap={None: NS_MAM})
-        validate = etree.Element(
-            f"{{{NS_XDATA_VALIDATE}}}validate", nsmap={None: NS_XDATA_VALIDATE}
-        )
-        validate.set("datatype", "xs:string")
-        etree.SubElement(validate, f"{{{NS_XDATA_VALIDATE}}}open")
-        query.append(
-            build_form(
-                NS_MAM,
-                [
-                    Field("with", "jid-single"),
-                    Field("start"),
-                    Field("end"),
-                    Field("before-id"),
-                    Field("after-id"),
-                    Field("ids", "list-multi", extra=(validate,)),
-                ],
-            )
-        )
-        return query
+        return query_form()
 
     @iq_handler("get", NS_MAM, "metadata", to=Target.ACCOUNT)
     async def metadata(self, request: IqRequest) -> etree._Element:
         """§"Archive metadata": id and time of the first and last entries (empty if none)."""
         user = request.own_account("the message archive")
-        result = etree.Element(f"{{{NS_MAM}}}metadata", nsmap={None: NS_MAM})
         await self._settled()
-        first = await self.store.items(user, limit=1)
-        last = await self.store.items(user, limit=1, reverse=True)
-        if first and last:
-            for name, item in (("start", first[0]), ("end", last[0])):
-                etree.SubElement(
-                    result,
-                    f"{{{NS_MAM}}}{name}",
-                    id=_public_id(item),
-                    timestamp=format_stamp(item.when),
-                )
-        return result
+        return await read_metadata(self.store, user)
 
     @iq_handler("set", NS_MAM, "query", to=Target.ACCOUNT)
     async def query(self, request: IqRequest) -> etree._Element:
@@ -426,239 +380,19 @@ class Mam(Module):
         session = request.origin
         if session is None or session.jid is None:
             raise StanzaError("forbidden", "archive queries come from the account's clients")
-        query = _parse_query(request.payload)
+        query = parse_query(request.payload)
         account = request.to.bare
         await self._settled()
-        page, complete, first_index, count = await self._page(user, query)
-        sent = reversed(page) if query.flip else page
-        for item in sent:
-            session.send(self._result(item, query.queryid, account, session.jid))
-        fin = etree.Element(f"{{{NS_MAM}}}fin", nsmap={None: NS_MAM})
-        if complete:
-            fin.set("complete", "true")
-        fin.append(
-            build_set(
-                _public_id(page[0]) if page else None,
-                _public_id(page[-1]) if page else None,
-                first_index=first_index,
-                count=count,
-            )
+        page = await find_page(
+            self.store,
+            user,
+            query,
+            page_size=self.options.page_size,
+            max_page_size=self.options.max_page_size,
         )
-        return fin
-
-    async def _key_of(self, user: str, id_: str) -> str:
-        item = await self.store.find(user, id_)
-        if item is None:
-            raise StanzaError("item-not-found", "no message with this id in the archive")
-        return item.key
-
-    async def _page(
-        self, user: str, query: Query
-    ) -> tuple[list[ArchiveItem], bool, int | None, int | None]:
-        """The page of results, whether it completes the result set, the index of its first
-        item and the size of the result set (those two None when not known)."""
-        store = self.store
-        lower = None if query.after_id is None else await self._key_of(user, query.after_id)
-        upper = None if query.before_id is None else await self._key_of(user, query.before_id)
-        if query.ids is not None and await store.count(user, ids=query.ids) < len(set(query.ids)):
-            raise StanzaError("item-not-found", "an id is not in the archive")
-        rsm = query.rsm
-        page_size = self.options.page_size if rsm.max is None else rsm.max
-        page_size = min(page_size, self.options.max_page_size)
-        backward = rsm.before is not None
-        page_lower, page_upper = lower, upper
-        if rsm.after is not None:
-            page_lower = _max_key(lower, await self._key_of(user, rsm.after))
-        if rsm.before:
-            page_upper = _min_key(upper, await self._key_of(user, rsm.before))
-        with_jid = query.with_jid
-        with_bare = None if with_jid is None else str(with_jid.bare)
-
-        async def items(after: str | None, before: str | None, limit: int) -> list[ArchiveItem]:
-            return await store.items(
-                user,
-                after=after,
-                before=before,
-                start=query.start,
-                end=query.end,
-                with_jid=with_bare,
-                ids=query.ids,
-                limit=limit,
-                reverse=backward,
-            )
-
-        async def count(before: str | None) -> int:
-            return await store.count(
-                user,
-                after=lower,
-                before=before,
-                start=query.start,
-                end=query.end,
-                with_jid=with_bare,
-                ids=query.ids,
-            )
-
-        if with_jid is not None and with_jid.resource is not None:
-            # Entries are filed under bare JIDs: a full JID needs the stored message, so
-            # this slower path gives no count and no index.
-            page, more = await _page_filtered(
-                items, with_jid, page_lower, page_upper, page_size, backward=backward
-            )
-            return page, not more, None, None
-        skip = 0
-        if rsm.index is not None and rsm.after is None and rsm.before is None:
-            skip = rsm.index
-            if skip > 10 * self.options.max_page_size:
-                raise StanzaError("feature-not-implemented", "RSM index too far; page by id")
-        fetched = (await items(page_lower, page_upper, skip + page_size + 1))[skip:]
-        more = len(fetched) > page_size
-        page = fetched[:page_size]
-        if backward:
-            page.reverse()
-        first_index = await count(page[0].key) if page else None
-        return page, not more, first_index, await count(upper)
-
-    def _result(
-        self, item: ArchiveItem, queryid: str | None, account: JID, to: JID
-    ) -> etree._Element:
-        message = make("message", from_=account, to=to, id_=new_id())
-        result = etree.SubElement(message, f"{{{NS_MAM}}}result", nsmap={None: NS_MAM})
-        if queryid is not None:
-            result.set("queryid", queryid)
-        result.set("id", _public_id(item))
-        forwarded = etree.SubElement(result, f"{{{NS_FORWARD}}}forwarded", nsmap={None: NS_FORWARD})
-        delay = etree.SubElement(forwarded, f"{{{NS_DELAY}}}delay", nsmap={None: NS_DELAY})
-        delay.set("stamp", format_stamp(item.when))
-        try:
-            forwarded.append(etree.fromstring(item.value.encode(), _PARSER))
-        except etree.XMLSyntaxError:
-            # §3.2: a message that cannot be given is left out; id, time and JID stay.
-            self.ctx.log.error("archived message %s of %s is unreadable", item.key, account)
-        return message
-
-
-def _public_id(item: ArchiveItem) -> str:
-    return item.id if item.id is not None else item.key
-
-
-def _max_key(a: str | None, b: str) -> str:
-    return b if a is None or int(b) > int(a) else a
-
-
-def _min_key(a: str | None, b: str) -> str:
-    return b if a is None or int(b) < int(a) else a
-
-
-def _matches(item: ArchiveItem, with_jid: JID) -> bool:
-    """Whether the stored message is from or to exactly the full JID `with_jid` (§4.1.1)."""
-    try:
-        element = etree.fromstring(item.value.encode(), _PARSER)
-    except etree.XMLSyntaxError:
-        return False
-    return with_jid in (_jid_or_none(element.get("from")), _jid_or_none(element.get("to")))
-
-
-def _jid_or_none(text: str | None) -> JID | None:
-    try:
-        return None if text is None else JID.parse(text)
-    except JIDError:
-        return None
-
-
-async def _page_filtered(
-    items: Callable[[str | None, str | None, int], Awaitable[list[ArchiveItem]]],
-    with_jid: JID,
-    lower: str | None,
-    upper: str | None,
-    page_size: int,
-    *,
-    backward: bool,
-) -> tuple[list[ArchiveItem], bool]:
-    """Page over entries filed under the bare JID, keeping those with the full `with_jid`;
-    returns the page and whether more match beyond it."""
-    found: list[ArchiveItem] = []
-    chunk = page_size + 1
-    while len(found) <= page_size:
-        batch = await items(lower, upper, chunk)
-        found.extend(item for item in batch if _matches(item, with_jid))
-        if len(batch) < chunk:
-            break
-        if backward:
-            upper = batch[-1].key
-        else:
-            lower = batch[-1].key
-    more = len(found) > page_size
-    page = found[:page_size]
-    if backward:
-        page.reverse()
-    return page, more
-
-
-def _parse_query(payload: etree._Element) -> Query:
-    """Read <query/>: its form, RSM <set/> and <flip-page/>.
-
-    Raises:
-        StanzaError: bad-request for a malformed query; feature-not-implemented for an
-            unknown form field or a pubsub 'node'.
-    """
-    if payload.get("node") is not None:
-        raise StanzaError("feature-not-implemented", "pubsub archives are not served here")
-    queryid = payload.get("queryid")
-    if queryid is not None and len(queryid) > MAX_QUERYID:
-        raise StanzaError("bad-request", "queryid too long")
-    forms = payload.findall(f"{{{NS_DATA}}}x")
-    if len(forms) > 1:
-        raise StanzaError("bad-request", "more than one data form")
-    values: dict[str, list[str]] = {}
-    if forms:
-        form = parse_submitted(forms[0])
-        if form.form_type is not None and form.form_type != NS_MAM:
-            raise StanzaError("bad-request", f"FORM_TYPE must be {NS_MAM}")
-        values = form.values
-        unknown = set(values) - _KNOWN_FIELDS
-        if unknown:
-            raise StanzaError(
-                "feature-not-implemented", f"unknown form field {sorted(unknown)[0]!r}"
-            )
-
-    def single(var: str) -> str | None:
-        found = values.get(var)
-        if not found or (len(found) == 1 and not found[0]):
-            return None
-        if len(found) > 1:
-            raise StanzaError("bad-request", f"form field {var!r} takes one value")
-        return found[0]
-
-    def stamp(var: str) -> float | None:
-        text = single(var)
-        if text is None:
-            return None
-        try:
-            return parse_stamp(text)
-        except (ValueError, OverflowError):
-            raise StanzaError("bad-request", f"{var!r} is not a XEP-0082 DateTime") from None
-
-    with_text = single("with")
-    try:
-        with_jid = None if with_text is None else JID.parse(with_text)
-    except JIDError:
-        raise StanzaError("bad-request", "'with' is not a valid JID") from None
-    ids = None
-    if "ids" in values:
-        ids = tuple(value for value in values["ids"] if value)
-        if len(ids) > MAX_IDS:
-            raise StanzaError("policy-violation", f"at most {MAX_IDS} ids per query")
-    return Query(
-        queryid=queryid,
-        with_jid=with_jid,
-        start=stamp("start"),
-        end=stamp("end"),
-        after_id=single("after-id"),
-        before_id=single("before-id"),
-        ids=ids,
-        rsm=parse_set(payload) or RsmRequest(),
-        flip=payload.find(FLIP_PAGE) is not None,
-    )
+        for item in sent_order(page, query):
+            session.send(result_message(item, query.queryid, account, session.jid, self.ctx.log))
+        return build_fin(page)
 
 
 def _prefs_element(prefs: Prefs) -> etree._Element:

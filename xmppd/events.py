@@ -268,6 +268,9 @@ SESSION_LOST: ChainKey[SessionEvent] = ChainKey("session/lost")
 SESSION_ENDED: NotifyKey[SessionEnded] = NotifyKey("session/ended")
 # A kept session was taken over by a new connection (XEP-0198 resumption): the client is back.
 SESSION_RESUMED: NotifyKey[SessionEvent] = NotifyKey("session/resumed")
+# The server is about to close every stream: stanzas sent now still reach connected clients
+# (e.g. MUC's status 332). SHUTDOWN comes later, once sessions have ended, to flush state.
+STOPPING: NotifyKey[Shutdown] = NotifyKey("server/stopping")
 SHUTDOWN: NotifyKey[Shutdown] = NotifyKey("server/shutdown")
 ACCOUNT_REMOVED: NotifyKey[AccountRemoved] = NotifyKey("account/removed")
 

@@ -189,6 +189,8 @@ class Server:
             listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for host in list(self.hosts.values()):
+            await host.bus.notify(ev.STOPPING, ev.Shutdown(reason))
         for conn in list(self.connections):
             conn.close(StreamError("system-shutdown", "the server is shutting down"))
         for component in list(self.component_connections):

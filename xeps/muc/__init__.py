@@ -1,0 +1,451 @@
+"""XEP-0045: Multi-User Chat — chat rooms on conference.<host>, with occupant ids and archives.
+
+The module serves a service subdomain (``<subdomain>.<host>``) and routes every stanza
+addressed there to its `Room` (``room.py``, a pure state machine), then sends what the room
+returns: broadcasts with one ``send_many`` each, single stanzas with ``send``. Persistent rooms
+are saved on every change (``persistence.py``) and restored on load; temporary rooms vanish
+when their last occupant leaves.
+
+Also: XEP-0410 self-ping (answered by the room), XEP-0421 occupant ids, XEP-0249 direct
+invitations (client to client: nothing here blocks them), XEP-0313 room archives through
+``archive.py`` (when that module part is present), with XEP-0359 stanza ids on broadcasts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from xmppd import events as ev
+from xmppd.config import ConfigError
+from xmppd.errors import StanzaError
+from xmppd.features import Identity
+from xmppd.jid import JID, JIDError
+from xmppd.module_api import IqRequest, Module, ModuleContext, StoreKind
+from xmppd.ns import NS_DISCO_INFO, NS_DISCO_ITEMS
+from xmppd.stanza import error_reply, iq_result
+
+from .config import RoomConfig, roominfo_form
+from .persistence import delete_room, load_rooms, save_room, service_secret
+from .room import (
+    NS_ADMIN,
+    NS_FASTEN,
+    NS_MODERATE,
+    NS_MODERATE_0,
+    NS_MUC,
+    NS_OCCUPANT_ID,
+    NS_OWNER,
+    NS_PING,
+    NS_RETRACT,
+    NS_RETRACT_0,
+    NS_SID,
+    NS_USER,
+    STANZA_ID,
+    Limits,
+    Result,
+    Room,
+)
+
+if TYPE_CHECKING:
+    from .archive import RoomArchive
+
+try:  # the room archive is another part of this package; without it, archiving is off
+    from . import archive as _archive_mod
+except ImportError:  # pragma: no cover - depends on the tree
+    _archive_mod = None  # type: ignore[assignment]
+
+NS_UNIQUE = f"{NS_MUC}#unique"
+MODERATE = f"{{{NS_MODERATE}}}moderate"
+APPLY_TO = f"{{{NS_FASTEN}}}apply-to"
+NS_MAM = "urn:xmpp:mam:2"
+CREATE_POLICIES = ("local", "anyone")
+EXPIRE_PERIOD = 3600.0  # seconds between archive expiry runs
+
+
+class Muc(Module):
+    """Multi-user chat service."""
+
+    name = "muc"
+    xeps = (45, 249, 410, 421, 425)
+    host_types = ("local",)
+
+    @dataclass(frozen=True)
+    class Options:
+        """Module options."""
+
+        subdomain: str = "conference"  # the service is <subdomain>.<host>
+        service_name: str = "Chatrooms"  # the service's disco identity name
+        create_rooms: str = "local"  # who may create rooms: "local" accounts or "anyone"
+        max_history: int = 100  # most messages of discussion history a room keeps
+        default_history: int = 20  # history length of a new room
+        max_occupants: int = 1000  # highest occupant limit an owner may configure
+        default_max_occupants: int = 100  # occupant limit of a new room
+        archive_max_age_days: int = 0  # room archive retention (0: keep forever)
+
+    options: Options
+
+    async def load(self) -> None:
+        """Create the service host, restore persistent rooms, register handlers."""
+        o = self.options
+        if o.create_rooms not in CREATE_POLICIES:
+            raise ConfigError(f"modules.muc.create_rooms must be one of {CREATE_POLICIES}")
+        if not (0 <= o.default_history <= o.max_history and o.default_max_occupants >= 1):
+            raise ConfigError("modules.muc: need 0 <= default_history <= max_history")
+        if o.default_max_occupants > o.max_occupants:
+            raise ConfigError("modules.muc: default_max_occupants exceeds max_occupants")
+        self.service: ModuleContext = self.ctx.service_context(o.subdomain)
+        service = self.service
+        self.domain = service.host.domain
+        self.limits = Limits(max_history=o.max_history, max_users=o.max_occupants)
+        service.open_store("rooms", StoreKind.KEYVALUE)
+        self.store = service.keyvalue("rooms")
+        self.archive: RoomArchive | None = None
+        if _archive_mod is not None:
+            service.open_store("archive", StoreKind.ARCHIVE)
+            self.archive = _archive_mod.RoomArchive(
+                service.archive("archive"), max_age_days=o.archive_max_age_days
+            )
+            if o.archive_max_age_days > 0:
+                service.every(EXPIRE_PERIOD, self._expire)
+        self.secret = await service_secret(self.store)
+        self.rooms: dict[str, Room] = {}
+        for room in await load_rooms(self.store, self.domain, self.secret, self.limits):
+            room.archiving_available = self.archive is not None
+            await self._refill(room)
+            self.rooms[room.jid.local or ""] = room
+
+        service.add_identity(Identity("conference", "text", o.service_name))
+        for var in (
+            NS_MUC,
+            f"{NS_MUC}#stable_id",  # §7.4: the client's message id is reflected
+            NS_OCCUPANT_ID,  # XEP-0421 §3: every room gives occupant ids
+            NS_DISCO_INFO,
+            NS_DISCO_ITEMS,
+            NS_UNIQUE,
+            NS_PING,
+        ):
+            service.add_feature(var)
+        service.add_iq_handler("get", f"{{{NS_DISCO_INFO}}}query", self.service_info)
+        service.add_iq_handler("get", f"{{{NS_DISCO_ITEMS}}}query", self.service_items)
+        service.add_iq_handler("get", f"{{{NS_PING}}}ping", self.service_ping)
+        service.add_iq_handler("get", f"{{{NS_UNIQUE}}}unique", self.unique)
+        service.hook(ev.PRESENCE_FULL, self.presence_full)
+        service.hook(ev.PRESENCE_BARE, self.presence_bare)
+        service.hook(ev.MESSAGE_BARE, self.message_bare)
+        service.hook(ev.MESSAGE_FULL, self.message_full)
+        service.hook(ev.IQ_BARE, self.iq_bare)
+        service.hook(ev.IQ_FULL, self.iq_full)
+        self.ctx.hook_notify(ev.STOPPING, self._shutdown)
+
+    async def _shutdown(self, event: ev.Shutdown) -> None:
+        """§15.6.2 status 332: occupants learn that the service goes down."""
+        for room in list(self.rooms.values()):
+            for out in room.shutdown().out:
+                await self.service.send(out.element)
+
+    async def _expire(self) -> None:
+        """Drop archived messages older than archive_max_age_days."""
+        if self.archive is not None:
+            await self.archive.expire()
+
+    async def _refill(self, room: Room) -> None:
+        """Discussion history from the archive after a restart."""
+        if self.archive is None or not room.archiving or room.config.history_length <= 0:
+            return
+        try:
+            entries = await self.archive.last(room.jid, room.config.history_length)
+        except Exception:
+            self.service.log.exception("reading the history of %s failed", room.jid)
+            return
+        room.refill_history((element, when.timestamp()) for element, when in entries)
+
+    # --- running a room's results ----------------------------------------------------------
+    async def _run(self, room: Room, result: Result) -> None:
+        """Archive, send, save and forget, as the room asked."""
+        for out in result.out:
+            element = out.element
+            if out.archive and self.archive is not None:
+                archive_id = self.archive.append(room.jid, element)
+                stamp = etree.SubElement(element, STANZA_ID, nsmap={None: NS_SID})
+                stamp.set("by", str(room.jid))
+                stamp.set("id", archive_id)
+            if out.recipients is None:
+                await self.service.send(element)
+            elif out.recipients:
+                await self.service.send_many(element, out.recipients)
+        local = room.jid.local or ""
+        if result.gone:
+            if self.rooms.get(local) is room:
+                del self.rooms[local]
+            await delete_room(self.store, room.jid)
+            if self.archive is not None:
+                await self.archive.remove(room.jid)
+        elif result.save:
+            await save_room(self.store, room)
+
+    def _room(self, to: JID) -> Room:
+        room = self.rooms.get(to.local or "")
+        if room is None:
+            raise StanzaError("item-not-found", "no such room")
+        return room
+
+    async def _may_create(self, jid: JID) -> bool:
+        if self.options.create_rooms == "anyone":
+            return True
+        return jid.domain == self.ctx.host.domain
+
+    # --- presence --------------------------------------------------------------------------
+    async def presence_full(self, event: ev.StanzaEvent) -> bool:
+        """Presence to room/nick: enter, change nick, update, leave (§7)."""
+        stanza = event.stanza
+        to = event.to
+        nick = to.resource or ""
+        room = self.rooms.get(to.local or "")
+        if room is None:
+            if stanza.type is not None:
+                return True  # nothing to leave; errors and probes are dropped
+            if not await self._may_create(stanza.from_):
+                raise StanzaError("not-allowed", "you may not create rooms here")
+            room = self._new_room(to, stanza.from_)
+            result = room.presence(stanza.element, stanza.from_, nick, time.time())
+            self.rooms[to.local or ""] = room
+            await self._run(room, result)
+            return True
+        await self._run(room, room.presence(stanza.element, stanza.from_, nick, time.time()))
+        return True
+
+    def _new_room(self, jid: JID, creator: JID) -> Room:
+        o = self.options
+        config = RoomConfig(
+            history_length=o.default_history,
+            max_users=o.default_max_occupants,
+        )
+        room = Room(jid, config, self.secret, limits=self.limits, locked=True)
+        room.archiving_available = self.archive is not None
+        room.affiliations[creator.bare] = "owner"
+        return room
+
+    async def presence_bare(self, event: ev.StanzaEvent) -> bool:
+        """Presence to the room's bare JID: an error from an occupant removes it (333);
+        entering needs a nickname (§7.2.1: jid-malformed)."""
+        stanza = event.stanza
+        room = self.rooms.get(event.to.local or "")
+        if stanza.type == "error":
+            if room is not None and stanza.from_ in room.by_jid:
+                await self._run(room, room.presence(stanza.element, stanza.from_, "", 0.0))
+            return True
+        if stanza.type is None:
+            raise StanzaError("jid-malformed", "enter a room as room@service/nickname")
+        return True
+
+    # --- messages --------------------------------------------------------------------------
+    async def message_bare(self, event: ev.StanzaEvent) -> bool:
+        """A message to the room: groupchat, subject, invitations (§7.4, §7.8, §8.1)."""
+        stanza = event.stanza
+        room = self.rooms.get(event.to.local or "")
+        if room is None:
+            if stanza.type == "error":
+                return True
+            raise StanzaError("item-not-found", "no such room")
+        if stanza.type != "groupchat" and stanza.from_ in room.by_jid:
+            await self._check_invitees(stanza.element)
+        await self._run(room, room.message(stanza.element, stanza.from_, time.time()))
+        return True
+
+    async def _check_invitees(self, element: etree._Element) -> None:
+        """§7.8.2 SHOULD: an invitation to an account of this server that does not exist is
+        refused with item-not-found (remote JIDs cannot be checked here)."""
+        services = self.ctx.services
+        for invite in element.iterfind(f"{{{NS_USER}}}x/{{{NS_USER}}}invite"):
+            try:
+                invitee = JID.parse(invite.get("to") or "")
+            except JIDError:
+                continue  # the room answers jid-malformed
+            local = invitee.domain in services.local_domains and invitee.local is not None
+            if local and not await services.account_exists(invitee.domain, invitee.local or ""):
+                raise StanzaError("item-not-found", f"{invitee.bare} does not exist")
+
+    async def message_full(self, event: ev.StanzaEvent) -> bool:
+        """A private message to room/nick (§7.5)."""
+        stanza = event.stanza
+        room = self.rooms.get(event.to.local or "")
+        if room is None:
+            if stanza.type == "error":
+                return True
+            raise StanzaError("item-not-found", "no such room")
+        nick = event.to.resource or ""
+        await self._run(room, room.private_message(stanza.element, stanza.from_, nick))
+        return True
+
+    # --- IQs -------------------------------------------------------------------------------
+    async def iq_full(self, event: ev.StanzaEvent) -> bool:
+        """An IQ to room/nick: self-ping answered, others forwarded (§7.5, XEP-0410)."""
+        stanza = event.stanza
+        room = self.rooms.get(event.to.local or "")
+        if room is None:
+            if stanza.type in ("result", "error"):
+                return True
+            raise StanzaError("item-not-found", "no such room")
+        result = room.occupant_iq(stanza.element, stanza.from_, event.to.resource or "")
+        await self._run(room, result)
+        return True
+
+    async def iq_bare(self, event: ev.StanzaEvent) -> bool:
+        """An IQ to the room: disco, muc#admin, muc#owner, ping, MAM."""
+        stanza = event.stanza
+        if stanza.type in ("result", "error"):
+            return True
+        room = self._room(event.to)
+        element = stanza.element
+        payload = element[0]
+        tag = payload.tag
+        from_ = stanza.from_
+        type_ = stanza.type
+        if tag == f"{{{NS_ADMIN}}}query":
+            result = (
+                room.admin_get(element, from_) if type_ == "get" else room.admin_set(element, from_)
+            )
+        elif tag == f"{{{NS_OWNER}}}query":
+            result = (
+                room.owner_get(element, from_) if type_ == "get" else room.owner_set(element, from_)
+            )
+        elif tag == f"{{{NS_DISCO_INFO}}}query" and type_ == "get":
+            await self.service.send(iq_result(element, self._room_info(room, payload)))
+            return True
+        elif tag == f"{{{NS_DISCO_ITEMS}}}query" and type_ == "get":
+            if payload.get("node"):
+                raise StanzaError("item-not-found")
+            items = etree.Element(f"{{{NS_DISCO_ITEMS}}}query", nsmap={None: NS_DISCO_ITEMS})
+            await self.service.send(iq_result(element, items))  # §6.5: occupants stay private
+            return True
+        elif tag == f"{{{NS_PING}}}ping" and type_ == "get":
+            await self.service.send(iq_result(element, None))
+            return True
+        elif tag in (MODERATE, APPLY_TO) and type_ == "set":
+            await self._moderate(room, element, payload, from_)
+            return True
+        elif etree.QName(payload).namespace == NS_MAM:
+            await self._mam(room, stanza.element, from_)
+            return True
+        else:
+            raise StanzaError("service-unavailable")
+        await self._run(room, result)
+        return True
+
+    async def _mam(self, room: Room, element: etree._Element, from_: JID) -> None:
+        """XEP-0313 on the room: for those who may read its history."""
+        if self.archive is None or not room.archiving:
+            raise StanzaError("service-unavailable", "this room is not archived")
+        if not room.may_read_archive(from_):
+            raise StanzaError("forbidden", "you may not read this room's archive")
+        try:
+            payload = await self.archive.query(room.jid, element, self.service.send)
+        except StanzaError as err:
+            await self.service.send(error_reply(element, err))
+            return
+        await self.service.send(iq_result(element, payload))
+
+    async def _moderate(
+        self, room: Room, element: etree._Element, payload: etree._Element, from_: JID
+    ) -> None:
+        """XEP-0425: a moderator retracts a groupchat message (0.3.0, or 0.2 <apply-to/>)."""
+        moderator = room.moderator(from_)
+        legacy = payload.tag == APPLY_TO
+        target = payload.get("id") or ""
+        if legacy:
+            moderate = payload.find(f"{{{NS_MODERATE_0}}}moderate")
+            if moderate is None or moderate.find(f"{{{NS_RETRACT_0}}}retract") is None:
+                raise StanzaError("feature-not-implemented", "only retractions are supported")
+            reason = moderate.findtext(f"{{{NS_MODERATE_0}}}reason")
+        else:
+            if payload.find(f"{{{NS_RETRACT}}}retract") is None:
+                raise StanzaError("feature-not-implemented", "only retractions are supported")
+            reason = payload.findtext(f"{{{NS_MODERATE}}}reason")
+        if not target:
+            raise StanzaError("bad-request", "which message? (its stanza id)")
+        original = room.history_message(target)
+        if self.archive is not None and _archive_mod is not None:
+            item = await self.archive.store.find(str(room.jid), target)
+            if item is not None and original is None:
+                original = etree.fromstring(item.value.encode())
+            if original is not None:
+                tombstone = _archive_mod.make_tombstone(
+                    original,
+                    f"{room.jid}/{moderator.nick}",
+                    moderator_occupant_id=moderator.occupant_id,
+                    reason=reason,
+                )
+                await self.archive.retract(room.jid, target, tombstone)
+        if original is None:
+            raise StanzaError("item-not-found", "no such message")
+        await self.service.send(iq_result(element, None))
+        await self._run(room, room.retracted(moderator, target, reason, legacy=legacy))
+
+    def _room_info(self, room: Room, query: etree._Element) -> etree._Element:
+        if query.get("node"):
+            raise StanzaError("item-not-found")
+        answer = etree.Element(f"{{{NS_DISCO_INFO}}}query", nsmap={None: NS_DISCO_INFO})
+        identity = etree.SubElement(answer, f"{{{NS_DISCO_INFO}}}identity")
+        identity.set("category", "conference")
+        identity.set("type", "text")
+        identity.set("name", room.config.name or (room.jid.local or ""))
+        features = {NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, *room.features()}
+        if room.archiving and self.archive is not None:
+            features.update(self.archive.features)
+        for var in sorted(features):
+            etree.SubElement(answer, f"{{{NS_DISCO_INFO}}}feature", var=var)
+        answer.append(roominfo_form(room.config, len(room.occupants), room.subject))
+        return answer
+
+    # --- the service JID -------------------------------------------------------------------
+    async def service_info(self, request: IqRequest) -> etree._Element:
+        """§6.2: the service's identity and features."""
+        if request.payload.get("node"):
+            raise StanzaError("item-not-found")
+        registry = self.service.host.features
+        query = etree.Element(f"{{{NS_DISCO_INFO}}}query", nsmap={None: NS_DISCO_INFO})
+        for identity in registry.identities():
+            element = etree.SubElement(query, f"{{{NS_DISCO_INFO}}}identity")
+            element.set("category", identity.category)
+            element.set("type", identity.type)
+            if identity.name:
+                element.set("name", identity.name)
+        for var in registry.features():
+            etree.SubElement(query, f"{{{NS_DISCO_INFO}}}feature", var=var)
+        return query
+
+    async def service_items(self, request: IqRequest) -> etree._Element:
+        """§6.3: public rooms (locked and hidden ones are not listed)."""
+        if request.payload.get("node"):
+            raise StanzaError("item-not-found")
+        query = etree.Element(f"{{{NS_DISCO_ITEMS}}}query", nsmap={None: NS_DISCO_ITEMS})
+        for local in sorted(self.rooms):
+            room = self.rooms[local]
+            if room.locked or not room.config.public:
+                continue
+            item = etree.SubElement(query, f"{{{NS_DISCO_ITEMS}}}item", jid=str(room.jid))
+            item.set("name", room.config.name or local)
+        return query
+
+    async def service_ping(self, request: IqRequest) -> None:
+        """XEP-0199 on the service JID."""
+        return None
+
+    async def unique(self, request: IqRequest) -> etree._Element:
+        """§10.1.4: a room name no room has."""
+        while True:
+            name = secrets.token_hex(8)
+            if name not in self.rooms:
+                break
+        element = etree.Element(f"{{{NS_UNIQUE}}}unique", nsmap={None: NS_UNIQUE})
+        element.text = name
+        return element
+
+    # --- administration --------------------------------------------------------------------
+    def room(self, name: str) -> Room | None:
+        """A live room by local part (tests, administration)."""
+        return self.rooms.get(name)
