@@ -20,7 +20,7 @@ from xmppd.events import Priority
 from xmppd.iq import Target
 from xmppd.jid import JID, JIDError
 from xmppd.session_manager import SessionManager
-from xmppd.stream.serializer import SharedBytes
+from xmppd.stream.serializer import SharedBytes, serialize
 
 if TYPE_CHECKING:
     from xmppd.hosts import Host
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from xmppd.session import Session
 
 logger = logging.getLogger(__name__)
+MESSAGE = "{jabber:client}message"
+PRESENCE = "{jabber:client}presence"
 
 AccountExists = Callable[[str, str], Awaitable[bool]]
 
@@ -84,13 +86,18 @@ class Delivery:
         """Route a copy of a server-generated stanza (e.g. a MUC broadcast) to each recipient,
         in order, serialized once.
 
-        A recipient bound here with a live connection gets the stanza straight through its
-        host's send filters (as presence broadcast does: blocking, client state indication and
-        stream management all apply), with the shared bytes and its own 'to' spliced in; the
-        recipient host's routing hooks do not run (for such a stanza they would only deliver
-        it). Anyone else gets a routed copy: remote and hibernated recipients, and absent
-        ones, whose error bounces back to the sender (RFC 6121 §8.5.3.2.1).
+        Presence and groupchat messages to a recipient bound here with a live connection go
+        straight through its host's send filters (as presence broadcast does: blocking, client
+        state indication and stream management all apply), with the shared bytes and its own
+        'to' spliced in; the recipient host's routing hooks do not run, and for these stanzas
+        they would only deliver them (no carbons, user archive or stanza id for groupchat).
+        Anything else (e.g. a private message, which the recipient's archive and carbons must
+        see) and anyone else get a routed copy: remote, hibernated and absent recipients,
+        whose errors bounce back to the sender (RFC 6121 §8.5.3.2.1).
         """
+        direct = element.tag == PRESENCE or (
+            element.tag == MESSAGE and element.get("type") == "groupchat"
+        )
         shared = deepcopy(element)  # ours: its 'to' is set for each recipient in turn
         wire: SharedBytes | None = None
         prepared = False
@@ -100,7 +107,7 @@ class Delivery:
             except JIDError:
                 logger.warning("fan-out to a malformed JID %r skipped", to)
                 continue
-            session = self.sessions.get(jid) if jid.resource is not None else None
+            session = self.sessions.get(jid) if direct and jid.resource is not None else None
             conn = session.conn if session is not None else None
             if session is None or conn is None or conn.closed:
                 copy = deepcopy(element)
@@ -112,7 +119,9 @@ class Delivery:
                 prepared = True
             text = str(jid)
             shared.set("to", text)
-            session.send(shared, wire.to(text) if wire is not None else None)
+            # Bytes always go with the shared element: they tell filters that keep a stanza
+            # (client state indication) to keep a copy, since `shared` changes on.
+            session.send(shared, wire.to(text) if wire is not None else serialize(shared))
 
     # --- messages ------------------------------------------------------------------------
     async def message_bare(self, event: ev.StanzaEvent) -> bool:

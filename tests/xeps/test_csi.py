@@ -16,6 +16,7 @@ from tests.helpers.harness import ModuleHarness, parse_element
 from xeps.csi import NS_CSI, ClientStateIndication
 from xmppd.events import Priority
 from xmppd.session import Session
+from xmppd.stream.serializer import SharedBytes
 
 INACTIVE = f"<inactive xmlns='{NS_CSI}'/>"
 ACTIVE = f"<active xmlns='{NS_CSI}'/>"
@@ -451,3 +452,21 @@ async def test_fan_out_to_inactive_session_holds_its_own_copy(
     (held,) = h.take(alice)
     assert held.get("to") == "alice@localhost/phone"
     assert held.get("id") == "f1"
+
+
+async def test_fan_out_without_shared_bytes_still_holds_a_copy(
+    h: ModuleHarness, alice: Session, bob: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review finding: when the splice is impossible, the element shared by every recipient
+    # must not be held as it is (its 'to' changes for the next recipient).
+    monkeypatch.setattr(SharedBytes, "of", classmethod(lambda cls, element: None))
+    await nonza(h, alice, INACTIVE)
+    presence = etree.Element("{jabber:client}presence", nsmap={None: "jabber:client"}, id="f2")
+    presence.set("from", "room@conference.localhost/carol")
+
+    await h.server.route_many(presence, ["alice@localhost/phone", "bob@localhost/desk"])
+
+    assert [p.get("to") for p in h.take(bob)] == ["bob@localhost/desk"]
+    await nonza(h, alice, ACTIVE)
+    (held,) = h.take(alice)
+    assert held.get("to") == "alice@localhost/phone"

@@ -618,6 +618,30 @@ async def test_send_many_bounces_for_absent_recipients(h: ModuleHarness, manager
     assert seen == ["alice@localhost/gone"]  # RFC 6121 §8.5.3.2.1: the error goes to the room
 
 
+async def test_send_many_routes_what_is_not_groupchat_or_presence(
+    h: ModuleHarness, manager: ModuleManager
+):
+    # A private message (chat) must pass the recipient host's hooks (archive, carbons);
+    # groupchat and presence go straight to the session.
+    module = await manager.load_one(h.host(), Rooms, "rooms", Rooms.Options())
+    assert isinstance(module, Rooms)
+    alice = await h.connect("alice@localhost/home", priority=0)
+    seen: list[str | None] = []
+
+    def watch(event: ev.StanzaEvent) -> bool:
+        seen.append(event.stanza.element.get("type"))
+        return False
+
+    h.host().bus.add_chain(ev.MESSAGE_FULL, watch, 0)
+    for type_ in ("chat", "groupchat", "normal"):
+        message = etree.Element("{jabber:client}message", type=type_)
+        message.set("from", "room@rooms.localhost/nick")
+        await module.service.send_many(message, ["alice@localhost/home"])
+
+    assert seen == ["chat", "normal"]
+    assert [m.get("type") for m in h.take(alice)] == ["chat", "groupchat", "normal"]
+
+
 # --- shipped modules ----------------------------------------------------------------------------------
 
 

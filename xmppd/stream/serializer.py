@@ -11,6 +11,8 @@ namespace as the default (``nsmap={None: ns}``), or lxml invents an ``ns0:`` pre
 
 from __future__ import annotations
 
+import secrets
+
 from lxml import etree
 
 from xmppd.ns import NS_CLIENT, NS_STREAMS
@@ -74,9 +76,9 @@ def serialize(element: etree._Element) -> bytes:
     return etree.tostring(element, encoding="utf-8", with_tail=False)
 
 
-# Stands for the 'to' value while a shared stanza is serialized: private-use characters that
-# an element built by the server does not otherwise carry (checked: it must occur once).
-_TO_MARK = "\ue000to\ue001"
+# Stands for the 'to' value while a shared stanza is serialized: private-use characters around
+# a random nonce made per process, which no sender can guess (checked anyway: exactly once).
+_TO_MARK = f"\ue000{secrets.token_hex(8)}\ue001"
 _TO_MARK_BYTES = _TO_MARK.encode()
 _ATTR_SPECIAL = str.maketrans(
     {

@@ -6,6 +6,7 @@ import pytest
 from lxml import etree
 
 from xmppd.ns import NS_CLIENT, NS_SASL, NS_STREAMS, XML_LANG
+from xmppd.stream import serializer
 from xmppd.stream.parser import ElementReceived, StreamOpened, StreamParser
 from xmppd.stream.serializer import STREAM_CLOSE, SharedBytes, serialize, stream_header
 
@@ -138,6 +139,13 @@ def test_shared_bytes_splice_equals_serializing_each_copy(to: str) -> None:
 
 def test_shared_bytes_refuse_an_element_carrying_the_placeholder() -> None:
     element = etree.Element("{jabber:client}message", nsmap={None: "jabber:client"})
-    etree.SubElement(element, "{jabber:client}body").text = "\ue000to\ue001"
+    etree.SubElement(element, "{jabber:client}body").text = serializer._TO_MARK
 
     assert SharedBytes.of(element) is None
+
+
+def test_shared_bytes_placeholder_is_not_guessable() -> None:
+    # A sender who could put the placeholder into a stanza could make fan-out fall back.
+    mark = serializer._TO_MARK
+    assert mark != "\ue000to\ue001"
+    assert len(mark) >= 18
