@@ -11,9 +11,11 @@ account receives (its own resources' presence, and its contacts' presence routed
 resolved to features and announced with CAPS_CHANGED. An unknown (hash, ver) is asked once by
 disco#info to ``node#ver`` at an entity that advertises it, in a task (the presence path never
 waits), and cached only if the answer hashes to ver (§5.4); legacy caps without 'hash' and
-unverifiable answers are ignored. Unavailable presence forgets the entity. Presence to one
-resource counts only from entities the account is subscribed to (probe answers), and room
-occupants' presence (XEP-0045 muc#user) never counts.
+unverifiable answers are ignored (a failure is remembered for the entity that answered, not
+for the ver: others advertising it are still asked). Unavailable presence forgets the entity.
+Presence to one resource counts only from entities the account is subscribed to (probe
+answers), and room occupants' presence (XEP-0045 muc#user) never counts. Entities the account
+is not subscribed to take at most half of its table: strangers cannot crowd its contacts out.
 """
 
 from __future__ import annotations
@@ -162,14 +164,18 @@ class Caps(Module):
         """`node`: the URI identifying this server software (XEP-0115 §4).
 
         `disco_timeout`: seconds to wait for an entity's disco#info answer; `cache_size`:
-        verified (hash, ver) kept; `max_entities`: entities tracked per account (more are
-        ignored, against presence floods).
+        verified (hash, ver) kept (and as many failed (hash, ver, entity) lookups);
+        `max_entities`: entities tracked per account (more are ignored, against presence
+        floods; entities the account is not subscribed to get at most half of them);
+        `max_lookups`: (hash, ver) being looked up at once, all accounts together (caps
+        beyond it are taken as absent until the entity's next presence).
         """
 
         node: str = "https://xmppd.invalid/caps"
         disco_timeout: float = 10.0
         cache_size: int = 10000
         max_entities: int = 1000
+        max_lookups: int = 100
 
     async def load(self) -> None:
         """Offer the stream feature after authentication."""
@@ -177,9 +183,13 @@ class Caps(Module):
         self.ctx.add_stream_feature(self._feature)
         # (hash, ver) key -> verified features, least recently used first.
         self._known: OrderedDict[str, frozenset[str]] = OrderedDict()
-        self._bad: OrderedDict[str, None] = OrderedDict()  # keys that failed verification
+        # (key, entity) lookups that failed: that entity is not asked again for that key.
+        # Not per key alone: one entity's bad answer must not spoil a ver for everyone.
+        self._bad: OrderedDict[tuple[str, JID], None] = OrderedDict()
         # account bare JID -> entity full JID -> caps key (or _NO_CAPS)
         self._seen: dict[JID, dict[JID, str]] = {}
+        # account bare JID -> the entities of _seen it is not subscribed to (bounded apart)
+        self._strangers: dict[JID, set[JID]] = {}
         # unresolved key -> (node, (account, entity) pairs that advertised it, in order)
         self._waiting: dict[str, tuple[str, dict[tuple[JID, JID], None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -217,28 +227,55 @@ class Caps(Module):
         previous = seen.get(entity)
         if previous == key:
             return
-        if previous is None and len(seen) >= self.options.max_entities:
-            return
+        if previous is None:
+            if len(seen) >= self.options.max_entities:
+                return
+            if entity.bare != user and not await self._subscribed(user, entity):
+                # Not a contact: strangers may fill at most half of the account's table.
+                strangers = self._strangers.setdefault(user, set())
+                if len(strangers) >= self.options.max_entities // 2:
+                    return
+                strangers.add(entity)
+            seen = self._seen.setdefault(user, seen)  # still the account's table after awaiting
+            if entity not in seen and len(seen) >= self.options.max_entities:
+                self._drop_stranger(user, entity)
+                return
         seen[entity] = key
-        if not key or key in self._bad:
-            if previous:
-                await self._announce(user, entity, frozenset())
-            return
-        features = self._known.get(key)
+        features = self._known.get(key) if key else None
         if features is not None:
             self._known.move_to_end(key)
             await self._announce(user, entity, features)
             return
-        waiting = self._waiting.get(key)
+        waiting = self._waiting.get(key) if key else None
         if waiting is not None:
             waiting[1][user, entity] = None
+            return
+        if not key or (key, entity) in self._bad or len(self._waiting) >= self.options.max_lookups:
+            if key and (key, entity) not in self._bad:
+                seen[entity] = _NO_CAPS  # too many lookups under way: ask at the next presence
+            if previous:
+                await self._announce(user, entity, frozenset())
             return
         self._waiting[key] = (node, {(user, entity): None})
         task = asyncio.get_running_loop().create_task(self._resolve(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _subscribed(self, user: JID, entity: JID) -> bool:
+        """Whether account `user` is subscribed to `entity`'s presence (a contact)."""
+        query = ev.RosterQuery(user, entity.bare)
+        await self.ctx.fire(ev.ROSTER_QUERY, query)
+        return query.subscription(entity.bare) in ("to", "both")
+
+    def _drop_stranger(self, user: JID, entity: JID) -> None:
+        strangers = self._strangers.get(user)
+        if strangers is not None:
+            strangers.discard(entity)
+            if not strangers:
+                del self._strangers[user]
+
     async def _forget(self, user: JID, entity: JID) -> None:
+        self._drop_stranger(user, entity)
         seen = self._seen.get(user)
         if seen is None or seen.pop(entity, None) is None:
             return
@@ -266,12 +303,12 @@ class Caps(Module):
                 features = await self._query(entity, node, algo, ver)
                 if features is not None:
                     break
+                self._bad[key, entity] = None
+                while len(self._bad) > self.options.cache_size:
+                    self._bad.popitem(last=False)
         finally:
             self._waiting.pop(key, None)
         if features is None:
-            self._bad[key] = None
-            while len(self._bad) > self.options.cache_size:
-                self._bad.popitem(last=False)
             return
         self._known[key] = features
         while len(self._known) > self.options.cache_size:
@@ -358,6 +395,7 @@ class Caps(Module):
     async def account_removed(self, event: ev.AccountRemoved) -> None:
         """Forget what a deleted account knew."""
         self._seen.pop(event.jid.bare, None)
+        self._strangers.pop(event.jid.bare, None)
 
     def ver(self) -> str:
         """The current verification hash (recomputed only when the disco data changed)."""

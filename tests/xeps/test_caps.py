@@ -279,3 +279,85 @@ async def test_a_bad_answer_makes_the_next_advertiser_be_asked(h: ModuleHarness)
     await answer(h, "alice@localhost/b", features)
     assert sorted(str(e.entity) for e in seen) == ["alice@localhost/a", "alice@localhost/b"]
     assert all(e.features == frozenset(features) for e in seen)
+
+
+def caps_presence(features: list[str]) -> str:
+    ver = verification_hash([Identity("client", "pc")], features, [])
+    return f"<presence><c xmlns='{NS_CAPS}' hash='sha-1' node='urn:n' ver='{ver}'/></presence>"
+
+
+def queries(h: ModuleHarness, jid: str) -> list[etree._Element]:
+    session = h.server.sessions.get(JID.parse(jid))
+    assert session is not None
+    return [e for e in h.take(session) if e.get("type") == "get"]
+
+
+async def test_a_bad_answer_does_not_spoil_the_ver_for_later_advertisers(
+    h: ModuleHarness,
+) -> None:
+    features = [NS_INFO, "urn:z+notify"]
+    _ver, seen = await client_caps(h, "alice@localhost/liar", features)
+    await answer(h, "alice@localhost/liar", [NS_INFO, "urn:lie"])
+    assert seen == []
+    # The liar is not asked again for that ver, even after advertising something else.
+    liar = h.server.sessions.get(JID.parse("alice@localhost/liar"))
+    assert liar is not None
+    await h.send(liar, "<presence/>")
+    await h.send(liar, caps_presence(features))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queries(h, "alice@localhost/liar") == []
+    # Another entity advertising the same ver after the failure is still asked (XEP-0115
+    # §5.4: an answer that does not verify is not cached for everyone).
+    honest = await h.connect("alice@localhost/honest")
+    await h.send(honest, caps_presence(features))
+    await answer(h, "alice@localhost/honest", features)
+    assert [(str(e.entity), e.features) for e in seen if e.features] == [
+        ("alice@localhost/honest", frozenset(features))
+    ]
+
+
+async def test_a_lookup_abandoned_before_asking_marks_nothing(h: ModuleHarness) -> None:
+    features = [NS_INFO, "urn:w+notify"]
+    _ver, seen = await client_caps(h, "alice@localhost/a", features)
+    first = h.server.sessions.get(JID.parse("alice@localhost/a"))
+    assert first is not None
+    await h.send(first, "<presence/>")  # no caps any more, before the lookup ran
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queries(h, "alice@localhost/a") == []
+    second = await h.connect("alice@localhost/b")
+    await h.send(second, caps_presence(features))
+    await answer(h, "alice@localhost/b", features)
+    assert [str(e.entity) for e in seen if e.features] == ["alice@localhost/b"]
+
+
+async def test_concurrent_lookups_are_bounded(tmp_path: Path) -> None:
+    async with ModuleHarness.started(
+        tmp_path, modules_enabled=MODULES, modules={"caps": {"max_lookups": 2}}
+    ) as h:
+        module = caps(h)
+        sessions = [await h.connect(f"alice@localhost/r{i}") for i in range(3)]
+        for i, session in enumerate(sessions):
+            await h.send(session, caps_presence([NS_INFO, f"urn:r{i}"]))
+        assert len(module._waiting) == 2
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert queries(h, "alice@localhost/r2") == []
+        alice = JID.parse("alice@localhost")
+        assert module.features_of(alice, sessions[2].full_jid) == frozenset()
+        for i in range(2):  # the two lookups under way end
+            (query,) = queries(h, f"alice@localhost/r{i}")
+            node = query[0].get("node")
+            await h.send(
+                sessions[i],
+                f"<iq type='result' id='{query.get('id')}' to='localhost'><query "
+                f"xmlns='{NS_INFO}' node='{node}'><identity category='client' type='pc'/>"
+                f"<feature var='{NS_INFO}'/><feature var='urn:r{i}'/></query></iq>",
+            )
+        await asyncio.gather(*module._tasks)
+        assert module.features_of(alice, sessions[0].full_jid) == frozenset({NS_INFO, "urn:r0"})
+        # Its next presence (same caps) is looked up now.
+        await h.send(sessions[2], caps_presence([NS_INFO, "urn:r2"]))
+        await answer(h, "alice@localhost/r2", [NS_INFO, "urn:r2"])
+        assert module.features_of(alice, sessions[2].full_jid) == frozenset({NS_INFO, "urn:r2"})

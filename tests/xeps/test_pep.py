@@ -885,3 +885,150 @@ async def test_no_notifications_to_a_blocked_contact(tmp_path: Path) -> None:
         await iq(h, alice, publish_iq(NS_TUNE, tune("third")))
         titles = [e.findtext(f".//{{{NS_TUNE}}}title") for e in events(h.take(bob))]
         assert titles == ["third"]
+
+
+async def test_bounced_resource_is_notified_again_after_its_next_presence(
+    h: ModuleHarness,
+) -> None:
+    await link(h, "alice", "bob", "both")
+    alice = await h.connect("alice@localhost/a", priority=0)
+    features = [NS_INFO, NS_CAPS, f"{NS_TUNE}+notify"]
+    bob = await online(h, "bob@localhost/b", [NS_TUNE])
+    await iq(h, alice, publish_iq(NS_TUNE, tune("a")))
+    (note,) = events(h.take(bob))
+    await h.send(
+        bob,
+        f"<message type='error' id='{note.get('id')}' to='alice@localhost'>"
+        "<error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+        "</error></message>",
+    )
+    await iq(h, alice, publish_iq(NS_TUNE, tune("b"), item_id="2"))
+    assert events(h.take(bob)) == []
+    # The same caps again (nothing for the caps module to announce): bob's interest is back,
+    # with the item he missed, and the next publish reaches him.
+    await h.send(bob, caps_presence(features))
+    await settle(h)
+    assert disco_queries(bob, h) == []
+    assert [e.findtext(f".//{{{NS_TUNE}}}title") for e in events(h.take(bob))] == ["b"]
+    await iq(h, alice, publish_iq(NS_TUNE, tune("c"), item_id="3"))
+    assert [e.findtext(f".//{{{NS_TUNE}}}title") for e in events(h.take(bob))] == ["c"]
+    assert pep_module(h)._bounced == {}
+
+
+async def test_bounce_is_forgotten_when_the_resource_goes_away(h: ModuleHarness) -> None:
+    await link(h, "alice", "bob", "both")
+    alice = await h.connect("alice@localhost/a", priority=0)
+    bob = await online(h, "bob@localhost/b", [NS_TUNE])
+    await iq(h, alice, publish_iq(NS_TUNE, tune("a")))
+    (note,) = events(h.take(bob))
+    # A bounce from an entity that is not interested, or not to a notification, is left alone.
+    await h.send(
+        bob,
+        "<message type='error' id='other' to='alice@localhost'>"
+        "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+        "</error></message>",
+    )
+    assert pep_module(h)._bounced == {}
+    await h.send(
+        bob,
+        f"<message type='error' id='{note.get('id')}' to='alice@localhost'>"
+        "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+        "</error></message>",
+    )
+    owner = JID.parse("alice@localhost")
+    assert pep_module(h)._bounced == {owner: {bob.full_jid: frozenset({NS_TUNE})}}
+    await h.send(bob, "<presence type='unavailable'/>")
+    assert pep_module(h)._bounced == {}
+    assert (
+        owner not in pep_module(h)._interest or bob.full_jid not in pep_module(h)._interest[owner]
+    )
+
+
+async def test_node_cache_is_bounded_against_strangers(tmp_path: Path) -> None:
+    users = [f"u{i}" for i in range(8)]
+    async with ModuleHarness.started(
+        tmp_path,
+        accounts=("alice", "carol", *users),
+        modules_enabled=MODULES,
+        modules={"pep": {"cache_accounts": 3}},
+    ) as h:
+        pep = pep_module(h)
+        alice = await h.connect("alice@localhost/a")
+        await iq(h, alice, publish_iq("n", tune("alice")))
+        for user in users:
+            owner = JID.parse(f"{user}@localhost")
+            for n in ("1", "2"):
+                payload = etree.fromstring(tune(f"{user}-{n}"))
+                await pep.publish(
+                    owner,
+                    "open",
+                    n,
+                    payload,
+                    options={"pubsub#max_items": ["2"], "pubsub#access_model": ["open"]},
+                )
+            await pep.publish(owner, "secret", "s", etree.fromstring(tune("secret")))
+            assert len(pep._nodes) <= 3
+        carol = await h.connect("carol@localhost/c")
+        for user in users:  # a stranger reads every account's open node
+            got = await items(h, carol, f"{user}@localhost", "open")
+            assert [t.text for t in got.iter(f"{{{NS_TUNE}}}title")] == [f"{user}-1", f"{user}-2"]
+            assert len(pep._nodes) <= 3
+        # The account with a session stays loaded; the others were evicted along the way.
+        assert "alice" in pep._nodes
+        assert "u0" not in pep._nodes
+        # Refused requests on an account that is not loaded do not load its payloads.
+        reply = await items(h, carol, "u0@localhost", "secret")
+        assert error_condition(reply) == "not-authorized"
+        disco = await iq(
+            h,
+            carol,
+            f"<iq type='get' id='d' to='u0@localhost'><query xmlns='{NS_ITEMS}'/></iq>",
+        )
+        assert [i.get("node") for i in disco.iter(f"{{{NS_ITEMS}}}item")] == ["open"]
+        info = await iq(
+            h,
+            carol,
+            f"<iq type='get' id='d' to='u0@localhost'><query xmlns='{NS_INFO}' node='secret'/>"
+            "</iq>",
+        )
+        assert info.find(f".//{{{NS_INFO}}}identity[@type='leaf']") is None
+        assert "u0" not in pep._nodes
+        # Writes after eviction start from storage: order, trimming and the quota hold.
+        await pep.publish(JID.parse("u0@localhost"), "open", "3", etree.fromstring(tune("u0-3")))
+        got = await items(h, carol, "u0@localhost", "open")
+        assert [t.text for t in got.iter(f"{{{NS_TUNE}}}title")] == ["u0-2", "u0-3"]
+        assert item_ids(await items(h, alice, "alice@localhost", "n")) == ["1"]
+        assert len(pep._nodes) <= 3
+        assert pep._locks == {}  # one per account only while in use
+
+
+async def test_strangers_cannot_crowd_contacts_out_of_caps_tracking(tmp_path: Path) -> None:
+    async with ModuleHarness.started(
+        tmp_path,
+        accounts=("alice", "bob", "carol"),
+        modules_enabled=MODULES,
+        modules={"caps": {"max_entities": 4}},
+    ) as h:
+        await link(h, "alice", "bob", "to")  # alice is subscribed to bob's presence
+        await h.connect("alice@localhost/a")
+        owner = JID.parse("alice@localhost")
+        module = caps_module(h)
+        for i in range(4):  # directed presence from a stranger's resources
+            carol = await h.connect(f"carol@localhost/c{i}")
+            await h.send(carol, "<presence to='alice@localhost'/>")
+        assert len(module._seen[owner]) == 2  # half of the table at most
+        bobs = [await h.connect(f"bob@localhost/b{i}") for i in range(3)]
+        for bob in bobs:
+            await h.send(bob, "<presence to='alice@localhost'/>")
+        assert [module.features_of(owner, b.full_jid) for b in bobs] == [
+            frozenset(),
+            frozenset(),
+            None,  # the table is full now
+        ]
+        # A stranger that goes away frees its place.
+        carol0 = h.server.sessions.get(JID.parse("carol@localhost/c0"))
+        assert carol0 is not None
+        await h.send(carol0, "<presence to='alice@localhost' type='unavailable'/>")
+        assert module._strangers[owner] == {JID.parse("carol@localhost/c1")}
+        await h.send(bobs[2], "<presence to='alice@localhost'/>")
+        assert module.features_of(owner, bobs[2].full_jid) == frozenset()

@@ -21,7 +21,9 @@ unsubscribe and subscription options get <feature-not-implemented/> with <unsupp
 
 Storage: key-value store ``pep``, per account: ``n:<node>`` holds the configuration, item order
 and affiliations; ``i:<len>:<node>:<id>`` one item. Other modules act on a node as the owner
-through PEP_REQUEST; every stored change fires PEP_CHANGED.
+through PEP_REQUEST; every stored change fires PEP_CHANGED. Accounts' nodes are cached in
+memory, least recently used dropped beyond ``cache_accounts`` (not those with sessions); other
+entities' requests are checked against the nodes' configuration before any item is loaded.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import asyncio
 import contextlib
 import copy
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lxml import etree
@@ -138,6 +141,14 @@ def _item_key(node: str, item_id: str) -> str:
     return f"i:{len(node)}:{node}:{item_id}"
 
 
+@dataclass(slots=True)
+class _AccountLock:
+    """An account's lock and how many coroutines hold or wait for it (dropped at zero)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class Pep(Module):
     """Personal eventing: a virtual pubsub service per account."""
 
@@ -156,7 +167,9 @@ class Pep(Module):
         `default_max_items`: pubsub#max_items of a node created without saying;
         `max_nodes`: nodes per account; `max_name_length`: characters of a node name or
         item id; `max_account_size`: characters of stored payloads per account, all nodes
-        together (a publish beyond it: <not-acceptable/>).
+        together (a publish beyond it: <not-acceptable/>); `cache_accounts`: accounts whose
+        nodes stay loaded in memory, least recently used dropped first (accounts with
+        sessions, or in the middle of a change, are kept beyond it).
         """
 
         max_payload_size: int = 65536
@@ -165,6 +178,7 @@ class Pep(Module):
         max_nodes: int = 100
         max_name_length: int = 256
         max_account_size: int = 10 * 1024 * 1024
+        cache_accounts: int = 1000
 
     options: Options
 
@@ -176,10 +190,13 @@ class Pep(Module):
             max_items=min(self.options.default_max_items, self.options.max_items),
             max_payload_size=self.options.max_payload_size,
         )
-        self._nodes: dict[str, dict[str, Node]] = {}  # username -> node name -> node
-        self._locks: dict[str, asyncio.Lock] = {}
+        # username -> node name -> node, least recently used first (bounded: _evict)
+        self._nodes: OrderedDict[str, dict[str, Node]] = OrderedDict()
+        self._locks: dict[str, _AccountLock] = {}  # only while held or waited for
         # owner bare JID -> entity full JID -> nodes it wants notifications of (+notify)
         self._interest: dict[JID, dict[JID, frozenset[str]]] = {}
+        # Entities whose notification bounced: their interests, back at their next presence.
+        self._bounced: dict[JID, dict[JID, frozenset[str]]] = {}
 
     @property
     def store(self) -> KeyValueStore:
@@ -188,16 +205,49 @@ class Pep(Module):
 
     # --- state ---------------------------------------------------------------------------
     async def nodes_of(self, username: str) -> dict[str, Node]:
-        """The nodes of an account, loaded from storage on first use."""
+        """The nodes of an account with their items, loaded from storage on first use (and
+        again after the account left the bounded cache)."""
         nodes = self._nodes.get(username)
         if nodes is not None:
+            self._nodes.move_to_end(username)
             return nodes
-        loaded: dict[str, Node] = {}
-        for key in await self.store.keys(username):
-            if not key.startswith("n:"):
-                continue
-            name = key[2:]
-            meta = await self.store.get(username, key)
+        orders: dict[str, list[str]] = {}
+        loaded = await self._read_nodes(username, orders=orders)
+        for name, node in loaded.items():
+            for item_id in orders.get(name, []):
+                data = await self.store.get(username, _item_key(name, item_id))
+                if isinstance(data, dict):
+                    node.items[item_id] = Item(str(data.get("p", "")), str(data.get("by", "")))
+        # Another coroutine may have loaded meanwhile: keep the first.
+        nodes = self._nodes.setdefault(username, loaded)
+        self._evict()
+        return nodes
+
+    async def _nodes_meta(self, username: str, name: str | None = None) -> dict[str, Node]:
+        """The account's nodes (only `name` when given) for access checks: the cached ones,
+        else their configuration and affiliations read from storage, without items and
+        without caching them (so that requests that will be refused load no payloads)."""
+        nodes = self._nodes.get(username)
+        if nodes is not None:
+            self._nodes.move_to_end(username)
+            if name is None:
+                return nodes
+            return {name: nodes[name]} if name in nodes else {}
+        return await self._read_nodes(username, name)
+
+    async def _read_nodes(
+        self, username: str, only: str | None = None, orders: dict[str, list[str]] | None = None
+    ) -> dict[str, Node]:
+        """Nodes (configuration and affiliations, no items) from storage; their item ids
+        go to `orders` when given."""
+        names = (
+            [only]
+            if only is not None
+            else [k[2:] for k in await self.store.keys(username) if k.startswith("n:")]
+        )
+        out: dict[str, Node] = {}
+        for name in names:
+            meta = await self.store.get(username, f"n:{name}")
             if not isinstance(meta, dict):
                 continue
             raw_config = meta.get("config")
@@ -208,27 +258,49 @@ class Pep(Module):
             raw_aff = meta.get("aff")
             if isinstance(raw_aff, dict):
                 node.affiliations = {str(k): str(v) for k, v in raw_aff.items()}
-            order = meta.get("order")
-            for item_id in order if isinstance(order, list) else []:
-                data = await self.store.get(username, _item_key(name, str(item_id)))
-                if isinstance(data, dict):
-                    node.items[str(item_id)] = Item(str(data.get("p", "")), str(data.get("by", "")))
-            loaded[name] = node
-        # Another coroutine may have loaded meanwhile: keep the first.
-        return self._nodes.setdefault(username, loaded)
+            if orders is not None:
+                order = meta.get("order")
+                orders[name] = [str(i) for i in order] if isinstance(order, list) else []
+            out[name] = node
+        return out
+
+    def _evict(self) -> None:
+        """Drop least recently used accounts beyond cache_accounts, except those with
+        sessions or a change under way (their data stays in storage: reloaded on use)."""
+        excess = len(self._nodes) - self.options.cache_accounts
+        if excess <= 0:
+            return
+        domain = self.ctx.host.domain
+        for username in list(self._nodes):
+            if excess <= 0:
+                break
+            if username in self._locks or self.ctx.sessions.has_sessions(
+                JID(username, domain, None)
+            ):
+                continue
+            del self._nodes[username]
+            excess -= 1
 
     @contextlib.asynccontextmanager
     async def _locked(self, username: str) -> AsyncIterator[dict[str, Node]]:
-        lock = self._locks.setdefault(username, asyncio.Lock())  # one per account, kept
-        async with lock:
-            try:
-                yield await self.nodes_of(username)
-            except StanzaError:
-                raise  # refused before anything changed
-            except BaseException:
-                # A storage failure may have left memory ahead of storage: reload next time.
-                self._nodes.pop(username, None)
-                raise
+        entry = self._locks.get(username)
+        if entry is None:
+            entry = self._locks[username] = _AccountLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                try:
+                    yield await self.nodes_of(username)
+                except StanzaError:
+                    raise  # refused before anything changed
+                except BaseException:
+                    # A storage failure may have left memory ahead of storage: reload next time.
+                    self._nodes.pop(username, None)
+                    raise
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[username]
 
     async def _save_meta(self, username: str, name: str, node: Node) -> None:
         meta: dict[str, Any] = {
@@ -440,12 +512,20 @@ class Pep(Module):
         max_items: int | None = None,
         ids: list[str] | None = None,
     ) -> list[tuple[str, Item]]:
-        """§6.5: the items `requester` asked for, oldest first."""
-        nodes = await self.nodes_of(owner.local or "")
-        node = nodes.get(name)
+        """§6.5: the items `requester` asked for, oldest first. Access is checked on the
+        node's configuration before the account's items are loaded."""
+        username = owner.local or ""
+        meta = None
+        if requester.bare != owner:
+            meta = (await self._nodes_meta(username, name)).get(name)
+            if meta is None:
+                raise StanzaError("item-not-found")
+            await self._check_access(owner, meta, requester)
+        node = (await self.nodes_of(username)).get(name)
         if node is None:
             raise StanzaError("item-not-found")
-        await self._check_access(owner, node, requester)
+        if meta is not None and node is not meta:  # loaded since: check the loaded node too
+            await self._check_access(owner, node, requester)
         return node.select(max_items, ids)
 
     # --- notifications -------------------------------------------------------------------
@@ -531,18 +611,27 @@ class Pep(Module):
     async def _send_last(self, owner: JID, entity: JID, names: Iterable[str], on: str) -> None:
         """XEP-0163 §4.3.4: the last published item of each node in `names` to `entity`,
         where send_last_published_item allows it for `on` ("presence" or "sub")."""
-        nodes = await self.nodes_of(owner.local or "")
+        username = owner.local or ""
+        metas = await self._nodes_meta(username)  # access first: items only if some may go
+        allowed: list[str] = []
         for name in sorted(names):
-            node = nodes.get(name)
-            if node is None or not node.config.deliver_notifications:
+            meta = metas.get(name)
+            if meta is None or not meta.config.deliver_notifications:
                 continue
-            when = node.config.send_last_published_item
+            when = meta.config.send_last_published_item
             if when == "never" or (on == "presence" and when != "on_sub_and_presence"):
                 continue
-            last = node.last()
-            if last is None or await self._denial(owner, node, entity) is not None:
+            if await self._denial(owner, meta, entity) is None:
+                allowed.append(name)
+        if not allowed or await self._blocked(owner, entity):
+            return
+        nodes = await self.nodes_of(username)
+        for name in allowed:
+            node = nodes.get(name)
+            last = node.last() if node is not None else None
+            if node is None or last is None:
                 continue
-            if await self._blocked(owner, entity):
+            if node is not metas[name] and await self._denial(owner, node, entity) is not None:
                 continue
             await self._send_event(owner, entity, node, self._item_event(name, node, *last))
 
@@ -551,6 +640,7 @@ class Pep(Module):
         """An entity's +notify interests as seen by an account; new interests get the last
         published item (that is the entity's initial presence, or a caps change)."""
         owner = event.user.bare
+        self._unbounce(owner, event.entity)
         if event.features is None:
             table = self._interest.get(owner)
             if table is not None:
@@ -588,10 +678,57 @@ class Pep(Module):
         if stanza.type != "error" or not (stanza.id or "").startswith(_ID_PREFIX):
             return False
         # The resource that bounced gets no more notifications until its next presence.
-        table = self._interest.get(event.to.bare)
-        if table is not None:
-            table.pop(stanza.from_, None)
+        owner = event.to.bare
+        table = self._interest.get(owner)
+        wanted = table.pop(stanza.from_, None) if table is not None else None
+        if table is not None and not table:
+            del self._interest[owner]
+        if wanted is not None:
+            self._bounced.setdefault(owner, {})[stanza.from_] = wanted
         return True
+
+    def _unbounce(self, owner: JID, entity: JID) -> frozenset[str] | None:
+        """Forget that `entity` bounced; the interests it had then (None: it did not)."""
+        table = self._bounced.get(owner)
+        if table is None:
+            return None
+        wanted = table.pop(entity, None)
+        if not table:
+            del self._bounced[owner]
+        return wanted
+
+    async def _present(self, owner: JID, entity: JID) -> None:
+        """An available presence from `entity` reached `owner`: if a notification to it had
+        bounced, its interests are back (and it gets the last items it may have missed).
+        Its caps, when they changed, come with CAPS_CHANGED (which forgets the bounce)."""
+        wanted = self._unbounce(owner, entity)
+        if wanted is None:
+            return
+        table = self._interest.setdefault(owner, {})
+        if entity in table:
+            return
+        table[entity] = wanted
+        if wanted and owner.local is not None:
+            await self._send_last(owner, entity, wanted, "presence")
+
+    @hook(ev.PRESENCE_BARE, priority=Priority.HIGH)
+    async def presence_bare(self, event: ev.StanzaEvent) -> bool:
+        """A contact's available presence to the owner (delivery goes on: returns False)."""
+        if event.stanza.type is None and self._bounced:
+            await self._present(event.to.bare, event.stanza.from_)
+        return False
+
+    @hook(ev.PRESENCE_FULL, priority=Priority.HIGH)
+    async def presence_full(self, event: ev.StanzaEvent) -> bool:
+        """The same, addressed to one of the owner's resources (e.g. a probe's answer)."""
+        return await self.presence_bare(event)
+
+    @hook(ev.PRESENCE_UPDATE)
+    async def own_presence(self, event: ev.SessionEvent) -> None:
+        """An own resource's presence update (its initial presence follows CAPS_CHANGED)."""
+        if self._bounced:
+            jid = event.session.full_jid
+            await self._present(jid.bare, jid)
 
     @hook(ev.ACCOUNT_REMOVED)
     async def account_removed(self, event: ev.AccountRemoved) -> None:
@@ -599,6 +736,7 @@ class Pep(Module):
         owner = event.jid.bare
         self._nodes.pop(owner.local or "", None)
         self._interest.pop(owner, None)
+        self._bounced.pop(owner, None)
         if owner.local is not None:
             await self.store.delete_user(owner.local)
 
@@ -772,7 +910,7 @@ class Pep(Module):
     async def _own_affiliations(self, request: IqRequest) -> etree._Element:
         """§5.7: the requester's affiliations with this account's nodes."""
         owner = request.to.bare
-        nodes = await self.nodes_of(owner.local or "")
+        nodes = await self._nodes_meta(owner.local or "")
         result = etree.Element(f"{_P}pubsub", nsmap={None: NS_PUBSUB})
         affs = etree.SubElement(result, f"{_P}affiliations")
         wanted = request.payload[0].get("node")
@@ -853,10 +991,10 @@ class Pep(Module):
     async def _owned_node(self, request: IqRequest, name: str) -> Node:
         """The node, for its owner only (forbidden for others, §8.2.3.3)."""
         owner = request.to.bare
-        nodes = await self.nodes_of(owner.local or "")
-        node = nodes.get(name)
         if request.from_.bare != owner:
             raise StanzaError("forbidden")
+        nodes = await self.nodes_of(owner.local or "")
+        node = nodes.get(name)
         if node is None:
             raise StanzaError("item-not-found")
         return node
@@ -927,13 +1065,17 @@ class Pep(Module):
         requester = stanza.from_
         node_name = query.get("node")
         items_query = query.tag == f"{{{NS_DISCO_ITEMS}}}query" and not node_name
-        info_query = query.tag == f"{{{NS_DISCO_INFO}}}query" and node_name
+        info_query = (
+            query.tag == f"{{{NS_DISCO_INFO}}}query"
+            and node_name
+            and len(node_name) <= self.options.max_name_length
+        )
         if not (items_query or info_query) or not await self.ctx.services.account_exists(
             owner.domain, owner.local
         ):
             return False
         if items_query:
-            nodes = await self.nodes_of(owner.local)
+            nodes = await self._nodes_meta(owner.local)
             visible = [
                 n
                 for n, node in sorted(nodes.items())
@@ -947,7 +1089,7 @@ class Pep(Module):
             await self._reply(element, owner, result)
             return True
         if node_name:
-            nodes = await self.nodes_of(owner.local)
+            nodes = await self._nodes_meta(owner.local, node_name)
             node = nodes.get(node_name)
             if node is None or await self._denial(owner, node, requester) is not None:
                 return False
