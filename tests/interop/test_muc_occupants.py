@@ -14,6 +14,7 @@ from tests.helpers.muc import (
     NS_USER,
     Tap,
     codes,
+    condition,
     create,
     disco_info,
     is_message,
@@ -64,6 +65,26 @@ async def test_private_message(connect: ClientFactory) -> None:
     assert got.get("to") == alice.jid
     assert got.find(f"{{{NS_USER}}}x") is not None
     await carol.nothing(is_message(body="psst"))
+
+
+async def test_an_error_to_a_private_message_goes_back_to_its_sender(
+    connect: ClientFactory,
+) -> None:
+    """An error answering a forwarded private message reaches the PM's sender (from the
+    recipient's occupant JID, with the sender's id); the recipient is not removed (333)."""
+    alice, bob, _carol = await _room(connect)
+    bob.send(f"<message to='{ROOM}/Alice' type='chat' id='pm9'><body>psst</body></message>")
+    got = await alice.expect(is_message(f"{ROOM}/Bob", body="psst"), what="the private message")
+    alice.send(
+        f"<message to='{ROOM}/Bob' type='error' id='{got.get('id')}'><error type='cancel'>"
+        "<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+    )
+    error = await bob.expect(is_message(f"{ROOM}/Alice", type_="error"), what="the error")
+    assert error.get("id") == "pm9"
+    assert condition(error) == "not-acceptable"
+    await bob.nothing(is_presence(f"{ROOM}/Alice", type_="unavailable"))
+    say(bob, ROOM, "both here")
+    await alice.expect(is_message(f"{ROOM}/Bob", body="both here"), what="message")
 
 
 async def test_private_message_errors(connect: ClientFactory) -> None:
@@ -311,10 +332,13 @@ async def test_an_occupant_whose_client_bounces_an_error_is_removed_with_333(
 async def test_the_occupant_removed_after_an_error_is_told_with_110_and_333(
     connect: ClientFactory,
 ) -> None:
-    """§12.1, first example: the removed occupant's own presence carries 110 and 333."""
+    """§12.1, first example: the removed occupant's own presence carries 110 and 333 (Bob's
+    client bounces a groupchat message the room sent it)."""
     alice, bob, _carol = await _room(connect)
+    sent = say(alice, ROOM, "bounce me")
+    await bob.expect(is_message(f"{ROOM}/Alice", body="bounce me"), what="message")
     bob.send(
-        f"<message to='{ROOM}/Alice' type='error' id='q1'><error type='cancel'>"
+        f"<message to='{ROOM}/Alice' type='error' id='{sent}'><error type='cancel'>"
         "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
     )
     await alice.expect(is_presence(f"{ROOM}/Bob", type_="unavailable"), what="removal")

@@ -85,6 +85,8 @@ class Muc(Module):
         max_occupants: int = 1000  # highest occupant limit an owner may configure
         default_max_occupants: int = 100  # occupant limit of a new room
         archive_max_age_days: int = 0  # room archive retention (0: keep forever)
+        max_rooms_per_user: int = 100  # rooms one user (bare JID) may own (0: no limit)
+        max_affiliations: int = 10000  # affiliation list entries per room
 
     options: Options
 
@@ -97,10 +99,16 @@ class Muc(Module):
             raise ConfigError("modules.muc: need 0 <= default_history <= max_history")
         if o.default_max_occupants > o.max_occupants:
             raise ConfigError("modules.muc: default_max_occupants exceeds max_occupants")
+        if o.max_rooms_per_user < 0 or o.max_affiliations < 1:
+            raise ConfigError("modules.muc: need max_rooms_per_user >= 0, max_affiliations >= 1")
         self.service: ModuleContext = self.ctx.service_context(o.subdomain)
         service = self.service
         self.domain = service.host.domain
-        self.limits = Limits(max_history=o.max_history, max_users=o.max_occupants)
+        self.limits = Limits(
+            max_history=o.max_history,
+            max_users=o.max_occupants,
+            max_affiliations=o.max_affiliations,
+        )
         service.open_store("rooms", StoreKind.KEYVALUE)
         self.store = service.keyvalue("rooms")
         self.archive: RoomArchive | None = None
@@ -145,7 +153,10 @@ class Muc(Module):
         """§15.6.2 status 332: occupants learn that the service goes down."""
         for room in list(self.rooms.values()):
             for out in room.shutdown().out:
-                await self.service.send(out.element)
+                if out.recipients is None:
+                    await self.service.send(out.element)
+                elif out.recipients:  # an occupant with several sessions
+                    await self.service.send_many(out.element, out.recipients)
 
     async def _expire(self) -> None:
         """Drop archived messages older than archive_max_age_days."""
@@ -166,6 +177,10 @@ class Muc(Module):
     # --- running a room's results ----------------------------------------------------------
     async def _run(self, room: Room, result: Result) -> None:
         """Archive, send, save and forget, as the room asked."""
+        local = room.jid.local or ""
+        removed_at = time.time()
+        if result.gone and self.rooms.get(local) is room:
+            del self.rooms[local]  # at once: nobody may enter it while the sends are awaited
         for out in result.out:
             element = out.element
             if out.archive and self.archive is not None:
@@ -177,14 +192,17 @@ class Muc(Module):
                 await self.service.send(element)
             elif out.recipients:
                 await self.service.send_many(element, out.recipients)
-        local = room.jid.local or ""
         if result.gone:
-            if self.rooms.get(local) is room:
-                del self.rooms[local]
-            await delete_room(self.store, room.jid)
+            successor = self.rooms.get(local)
+            if successor is not None:  # a new room of that name: its record, not the old one
+                await save_room(self.store, successor)
+            else:
+                await delete_room(self.store, room.jid)
             if self.archive is not None:
-                await self.archive.remove(room.jid)
-        elif result.save:
+                await self.archive.remove(
+                    room.jid, removed_at=removed_at, successor=lambda: local in self.rooms
+                )
+        elif result.save and self.rooms.get(local) is room:
             await save_room(self.store, room)
 
     def _room(self, to: JID) -> Room:
@@ -210,6 +228,8 @@ class Muc(Module):
                 return True  # nothing to leave; errors and probes are dropped
             if not await self._may_create(stanza.from_):
                 raise StanzaError("not-allowed", "you may not create rooms here")
+            if self._owns_too_many(stanza.from_):  # §10.1.1: not-allowed
+                raise StanzaError("not-allowed", "you own too many rooms here")
             room = self._new_room(to, stanza.from_)
             result = room.presence(stanza.element, stanza.from_, nick, time.time())
             self.rooms[to.local or ""] = room
@@ -217,6 +237,15 @@ class Muc(Module):
             return True
         await self._run(room, room.presence(stanza.element, stanza.from_, nick, time.time()))
         return True
+
+    def _owns_too_many(self, jid: JID) -> bool:
+        """Whether `jid` owns max_rooms_per_user rooms already."""
+        limit = self.options.max_rooms_per_user
+        if limit <= 0:
+            return False
+        bare = jid.bare
+        owned = sum(1 for r in self.rooms.values() if r.affiliations.get(bare) == "owner")
+        return owned >= limit
 
     def _new_room(self, jid: JID, creator: JID) -> Room:
         o = self.options
@@ -253,6 +282,8 @@ class Muc(Module):
             raise StanzaError("item-not-found", "no such room")
         if stanza.type != "groupchat" and stanza.from_ in room.by_jid:
             await self._check_invitees(stanza.element)
+            if self.rooms.get(event.to.local or "") is not room:
+                raise StanzaError("item-not-found", "no such room")  # removed meanwhile
         await self._run(room, room.message(stanza.element, stanza.from_, time.time()))
         return True
 
@@ -380,8 +411,8 @@ class Muc(Module):
                     reason=reason,
                 )
                 await self.archive.retract(room.jid, target, tombstone)
-        if original is None:
-            raise StanzaError("item-not-found", "no such message")
+        if original is None or self.rooms.get(room.jid.local or "") is not room:
+            raise StanzaError("item-not-found", "no such message")  # or the room went meanwhile
         await self.service.send(iq_result(element, None))
         await self._run(room, room.retracted(moderator, target, reason, legacy=legacy))
 

@@ -123,6 +123,9 @@ def _as_archived(message: etree._Element) -> etree._Element:
     return stored
 
 
+REMOVE_BATCH = 500  # entries deleted at once when a destroyed room's archive is trimmed
+
+
 class RoomArchive:
     """XEP-0313 archives of MUC rooms (one archive per room bare JID) on one ArchiveStore."""
 
@@ -203,12 +206,27 @@ class RoomArchive:
         )
         return True
 
-    async def remove(self, room: JID) -> None:
-        """Delete a destroyed room's archive."""
+    async def remove(
+        self,
+        room: JID,
+        *,
+        removed_at: float | None = None,
+        successor: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Delete a destroyed room's archive. When a new room of that name exists by then
+        (`successor()`, asked right before each deletion is queued), only the old room's
+        entries go (those up to `removed_at`, default now): the new room's stay, and the old
+        ones do not leak to it."""
         owner = str(room.bare)
+        if removed_at is None:
+            removed_at = time.time()
         await self.settled()
-        await self.store.delete_user(owner)
-        await self.store.delete_user(_tombstones_of(owner))
+        for user in (owner, _tombstones_of(owner)):
+            if not successor():
+                await self.store.delete_user(user)
+                continue
+            while batch := await self.store.items(user, end=removed_at, limit=REMOVE_BATCH):
+                await self.store.remove(user, [item.key for item in batch])
 
     async def expire(self) -> int:
         """Remove entries older than ``max_age_days`` in every room (0: keep them forever);

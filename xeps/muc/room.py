@@ -59,6 +59,7 @@ X_MUC = f"{{{NS_MUC}}}x"
 X_USER = f"{{{NS_USER}}}x"
 BODY = f"{{{NS_CLIENT}}}body"
 SUBJECT = f"{{{NS_CLIENT}}}subject"
+THREAD = f"{{{NS_CLIENT}}}thread"
 DISCO_INFO = "{http://jabber.org/protocol/disco#info}query"
 DISCO_ITEMS = "{http://jabber.org/protocol/disco#items}query"
 
@@ -66,6 +67,8 @@ AFFILIATION_RANK = {"outcast": -1, "none": 0, "member": 1, "admin": 2, "owner": 
 ROLE_RANK = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
 MAX_INVITES = 10  # invitations in one message
 MAX_PENDING_IQS = 256  # forwarded IQs awaiting an answer, per room
+MAX_PENDING_PMS = 1024  # forwarded private messages whose error is routed back, per room
+MAX_SENT_IDS = 1024  # ids of recent groupchat messages: an error answering one is a bounce
 
 
 @dataclass(slots=True)
@@ -133,6 +136,22 @@ class Limits:
 
     max_history: int = 100
     max_users: int = 1000
+    max_affiliations: int = 10000  # affiliation list entries per room
+
+
+MAX_HISTORY_LIMIT = 10**9  # <history/> limits are clamped to this (seconds, chars, stanzas)
+
+
+def _history_limit(text: str | None) -> int | None:
+    """A <history/> limit as a non-negative int (None: absent or malformed; clamped)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        return None  # also a sign: XEP-0045 limits are non-negative integers
+    if len(text) > 12:
+        return MAX_HISTORY_LIMIT  # never int() a huge number of digits
+    return min(int(text), MAX_HISTORY_LIMIT)
 
 
 def _text_child(parent: etree._Element, tag: str, text: str | None) -> etree._Element:
@@ -179,6 +198,9 @@ class Room:
         self.subject_when = 0.0  # when it was set (0: never)
         self.archiving_available = False  # the module has a room archive
         self._pending_iqs: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
+        # (forwarded PM id, recipient bare JID) -> (sender's real JID, its id, recipient nick)
+        self._pending_pms: OrderedDict[tuple[str, JID], tuple[str, str | None, str]] = OrderedDict()
+        self._sent_ids: OrderedDict[str, None] = OrderedDict()  # groupchat messages sent
         self._all: list[str] | None = None  # cache: every occupant's real JID
 
     # --- queries -----------------------------------------------------------------------
@@ -349,6 +371,18 @@ class Room:
             element = build(True, sorted({110, *codes, *self_codes}))
             result.out.append(occupant.out(element))
 
+    def _sent(self, element: etree._Element) -> None:
+        """Remember the id of a groupchat message the room sends (bounded), so an error that
+        answers it is known as a bounce (status 333)."""
+        sid = element.get("id")
+        if sid is None:
+            sid = new_id()
+            element.set("id", sid)
+        self._sent_ids[sid] = None
+        self._sent_ids.move_to_end(sid)
+        while len(self._sent_ids) > MAX_SENT_IDS:
+            self._sent_ids.popitem(last=False)
+
     def _room_message(self, codes: Iterable[int]) -> Out:
         """A groupchat message from the room carrying status codes (§10.2.1)."""
         element = make("message", from_=self.jid, type_="groupchat", id_=new_id())
@@ -362,6 +396,7 @@ class Room:
         from_ = self._occupant_jid(self.subject_by) if self.subject_by else str(self.jid)
         element = make("message", from_=from_, type_="groupchat", id_=new_id())
         _text_child(element, SUBJECT, self.subject)
+        self._sent(element)
         if self.subject_when:  # §7.2.15 SHOULD: stamped, from the room itself
             element.append(make_delay(str(self.jid), self.subject_when))
         return element
@@ -399,16 +434,25 @@ class Room:
             return self._enter(stanza, from_, nick, now)
         if occupant.nick != nick:
             return self._change_nick(occupant, nick, stanza)
-        occupant.presence = stanza  # a presence update (§7.7)
         x_muc = stanza.find(X_MUC)
         if x_muc is not None:
-            return self._rejoin(occupant, from_, x_muc, now)
+            return self._rejoin(occupant, from_, stanza, x_muc, now)
+        occupant.presence = stanza  # a presence update (§7.7)
         self._broadcast_presence(result, occupant)
         return result
 
-    def _rejoin(self, occupant: Occupant, jid: JID, x_muc: etree._Element, now: float) -> Result:
+    def _rejoin(
+        self,
+        occupant: Occupant,
+        jid: JID,
+        stanza: etree._Element,
+        x_muc: etree._Element,
+        now: float,
+    ) -> Result:
         """A joined client enters again (e.g. after losing track): it gets the occupant list,
         its self-presence, history and subject again; the others see a presence update."""
+        history = self._history_outs(jid, x_muc, now)
+        occupant.presence = stanza
         result = Result()
         sees = self._sees_jids(occupant)
         for other in self.occupants.values():
@@ -418,23 +462,24 @@ class Room:
                 result.out.append(Out(element))
         self_codes = [100] if self.config.non_anonymous else []
         self._broadcast_presence(result, occupant, self_codes=self_codes)
-        self._send_history(result, jid, x_muc, now)
+        result.out.extend(history)
         return result
 
-    def _send_history(
-        self, result: Result, to: JID, x_muc: etree._Element | None, now: float
-    ) -> None:
-        """§7.2.14-15: discussion history, then the subject."""
+    def _history_outs(self, to: JID, x_muc: etree._Element | None, now: float) -> list[Out]:
+        """§7.2.14-15: discussion history, then the subject (computed before the occupant is
+        added, so nothing can fail once the room's state changed)."""
         history = x_muc.find(f"{{{NS_MUC}}}history") if x_muc is not None else None
+        outs: list[Out] = []
         for entry in self._history_for(history, now):
             element = copy.deepcopy(entry.element)
             element.set("to", str(to))
             element.append(make_delay(str(self.jid), entry.when))
-            result.out.append(Out(element))
+            outs.append(Out(element))
         # the subject comes last, also in a new room (clients wait for it)
         subject = self.subject_message()
         subject.set("to", str(to))
-        result.out.append(Out(subject))
+        outs.append(Out(subject))
+        return outs
 
     def _enter(self, stanza: etree._Element, from_: JID, nick: str, now: float) -> Result:
         x_muc = stanza.find(X_MUC)
@@ -456,10 +501,9 @@ class Room:
             given = x_muc.findtext(f"{{{NS_MUC}}}password") if x_muc is not None else None
             if given != self.config.password:
                 raise StanzaError("not-authorized", "a password is required")
+        history = self._history_outs(from_, x_muc, now)  # before any state change
         if holder is not None:
-            return self._add_session(holder, from_, x_muc, now)
-        if new and x_muc is None:
-            self.locked = False  # §10.1.1: a groupchat 1.0 client creates an instant room
+            return self._add_session(holder, from_, history)
         occupant = Occupant(
             nick,
             from_,
@@ -473,7 +517,6 @@ class Room:
             element = self._presence(other, with_jid=sees)
             element.set("to", str(from_))
             result.out.append(Out(element))
-        self._add(occupant)
         self_codes = []
         if self.config.non_anonymous:
             self_codes.append(100)
@@ -482,18 +525,17 @@ class Room:
         if new:
             self_codes.append(201)
         self._broadcast_presence(result, occupant, self_codes=self_codes)
-        self._send_history(result, from_, x_muc, now)
+        result.out.extend(history)
+        # the state changes last: nothing above may leave a half-entered occupant behind
+        if new and x_muc is None:
+            self.locked = False  # §10.1.1: a groupchat 1.0 client creates an instant room
+        self._add(occupant)
         return result
 
-    def _add_session(
-        self, occupant: Occupant, jid: JID, x_muc: etree._Element | None, now: float
-    ) -> Result:
+    def _add_session(self, occupant: Occupant, jid: JID, history: list[Out]) -> Result:
         """§7.2.9: the same user enters with the same nick from another resource; only the new
-        session hears about it (occupants, its self-presence, history, subject)."""
+        session hears about it (occupants, its self-presence, `history` and subject)."""
         result = Result()
-        occupant.sessions.append(jid)
-        self.by_jid[jid] = occupant
-        self._reindex()
         sees = self._sees_jids(occupant)
         for other in self.occupants.values():
             if other is not occupant:
@@ -506,7 +548,10 @@ class Room:
         own = self._presence(occupant, with_jid=True, codes=codes)
         own.set("to", str(jid))
         result.out.append(Out(own))
-        self._send_history(result, jid, x_muc, now)
+        result.out.extend(history)
+        occupant.sessions.append(jid)  # the state changes last
+        self.by_jid[jid] = occupant
+        self._reindex()
         return result
 
     def _leave_session(
@@ -539,35 +584,38 @@ class Room:
             self._remove(result, occupant, codes=[333])
 
     def _history_for(self, request: etree._Element | None, now: float) -> list[HistoryEntry]:
-        """§7.2.14: the history a joining occupant gets (its <history/> limits apply)."""
+        """§7.2.14: the history a joining occupant gets (its <history/> limits apply; a
+        malformed or out-of-range limit is ignored rather than refusing entry)."""
         entries = (
             list(self.history)[-self.config.history_length :] if self.config.history_length else []
         )
         if request is None:
             return entries
-        try:
-            if request.get("maxstanzas") is not None:
-                count = max(0, int(request.get("maxstanzas") or 0))
-                entries = entries[-count:] if count else []
-            if request.get("seconds") is not None:
-                since = now - max(0, int(request.get("seconds") or 0))
-                entries = [e for e in entries if e.when >= since]
-            if request.get("since") is not None:
-                after = parse_stamp(request.get("since") or "")
+        count = _history_limit(request.get("maxstanzas"))
+        if count is not None:
+            entries = entries[-count:] if count else []
+        seconds = _history_limit(request.get("seconds"))
+        if seconds is not None:
+            entries = [e for e in entries if e.when >= now - seconds]
+        since = request.get("since")
+        if since is not None:
+            try:
+                after = parse_stamp(since)
+            except (ValueError, OverflowError, OSError):
+                after = None
+            if after is not None:
                 entries = [e for e in entries if e.when > after]
-            if request.get("maxchars") is not None:
-                budget = max(0, int(request.get("maxchars") or 0))
-                kept: list[HistoryEntry] = []
-                for entry in reversed(entries):
-                    if entry.chars < 0:
-                        entry.chars = len(etree.tostring(entry.element))
-                    budget -= entry.chars
-                    if budget < 0:
-                        break
-                    kept.append(entry)
-                entries = kept[::-1]
-        except ValueError:
-            return entries  # a malformed limit is ignored rather than refusing entry
+        budget = _history_limit(request.get("maxchars"))
+        if budget is not None:
+            kept: list[HistoryEntry] = []
+            for entry in reversed(entries):
+                if entry.chars < 0:
+                    entry.chars = len(etree.tostring(entry.element))
+                budget -= entry.chars
+                if budget < 0:
+                    break
+                kept.append(entry)
+            entries = kept[::-1]
         return entries
 
     def _change_nick(self, occupant: Occupant, nick: str, stanza: etree._Element) -> Result:
@@ -638,8 +686,12 @@ class Room:
             raise StanzaError("not-acceptable", "only occupants may send messages to the room")
         if occupant.role == "visitor":
             raise StanzaError("forbidden", "you have no voice in this moderated room")
-        subject = stanza.find(SUBJECT)
         body = stanza.find(BODY)
+        # §8.1: only a message with a <subject/> and neither <body/> nor <thread/> changes the
+        # subject; with a body (or thread) it is a normal message that happens to carry one
+        subject = stanza.find(SUBJECT)
+        if body is not None or stanza.find(THREAD) is not None:
+            subject = None
         if subject is not None and not (
             occupant.role == "moderator"
             or (self.config.change_subject and occupant.role == "participant")
@@ -651,11 +703,10 @@ class Room:
             type_="groupchat",
             id_=stanza.get("id"),
         )
-        room = str(self.jid)
         for child in stanza:
             if not isinstance(child.tag, str) or child.tag == OCCUPANT_ID:
                 continue
-            if child.tag == STANZA_ID and child.get("by") == room:
+            if child.tag == STANZA_ID and self._claims_room(child):
                 continue  # XEP-0359 §3: never let a client forge the room's stanza id
             element.append(copy.deepcopy(child))
         etree.SubElement(
@@ -666,6 +717,7 @@ class Room:
             self.subject_by = occupant.nick if self.subject else ""
             self.subject_when = now
             result.save = True
+        self._sent(element)
         archive = self.archiving and (body is not None or subject is not None)
         result.out.append(Out(element, self.recipients(), archive=archive))
         if body is not None and subject is None and self.config.history_length > 0:
@@ -673,6 +725,14 @@ class Room:
             while len(self.history) > self.config.history_length:
                 self.history.popleft()
         return result
+
+    def _claims_room(self, stanza_id: etree._Element) -> bool:
+        """Whether a client-sent <stanza-id/> claims to be the room's (its 'by' is the room's
+        JID in any spelling), or has a 'by' that is no JID at all."""
+        try:
+            return JID.parse(stanza_id.get("by") or "").bare == self.jid
+        except JIDError:
+            return True
 
     def _invitations(self, x: etree._Element, from_: JID, occupant: Occupant | None) -> Result:
         result = Result()
@@ -695,8 +755,13 @@ class Room:
                 and occupant.role == "visitor"
             ):
                 raise StanzaError("forbidden", "visitors may not invite")
-        for invite in invites:
-            invitee = self._jid_attr(invite, "to")
+        # every address is checked before anything is sent or changed (all or nothing)
+        invitees = [self._jid_attr(invite, "to") for invite in invites]
+        inviters = [self._jid_attr(decline, "to") for decline in declines]
+        if self.config.members_only:  # §7.8.2: invitees become members
+            new_members = {j.bare for j in invitees if self.affiliation(j) == "none"}
+            self._check_affiliation_count(len(self.affiliations) + len(new_members))
+        for invite, invitee in zip(invites, invitees, strict=True):
             message = make("message", from_=self.jid, to=invitee, id_=new_id())
             out_x = etree.SubElement(message, X_USER, nsmap={None: NS_USER})
             out_invite = etree.SubElement(out_x, f"{{{NS_USER}}}invite")
@@ -710,8 +775,7 @@ class Room:
             if self.config.members_only and self.affiliation(invitee) == "none":
                 self.affiliations[invitee.bare] = "member"  # §7.8.2: the invitee may enter
                 result.save = True
-        for decline in declines:
-            inviter = self._jid_attr(decline, "to")
+        for decline, inviter in zip(declines, inviters, strict=True):
             message = make("message", from_=self.jid, to=inviter, id_=new_id())
             out_x = etree.SubElement(message, X_USER, nsmap={None: NS_USER})
             out_decline = etree.SubElement(out_x, f"{{{NS_USER}}}decline")
@@ -784,9 +848,7 @@ class Room:
         sender = self.by_jid.get(from_)
         result = Result()
         if type_ == "error":
-            if sender is not None:
-                self._bounced(result, sender, from_)
-            return result
+            return self._message_error(stanza, from_, sender)
         if sender is None:
             raise StanzaError("not-acceptable", "only occupants may send private messages")
         if type_ == "groupchat":
@@ -802,11 +864,16 @@ class Room:
         }[self.config.allow_pm]
         if not allowed:
             raise StanzaError("forbidden", "private messages are not allowed here")
+        original_id = stanza.get("id")
+        forward_id = original_id
+        to = target.jid.bare
+        if not forward_id or (forward_id, to) in self._pending_pms or forward_id in self._sent_ids:
+            forward_id = new_id()  # an error must find this PM, and only this PM
         element = make(
             "message",
             from_=self._occupant_jid(sender.nick),
             type_=stanza.get("type"),
-            id_=stanza.get("id"),
+            id_=forward_id,
         )
         for child in stanza:
             if isinstance(child.tag, str) and child.tag not in (OCCUPANT_ID, X_USER):
@@ -814,6 +881,34 @@ class Room:
         etree.SubElement(element, X_USER, nsmap={None: NS_USER})
         etree.SubElement(element, OCCUPANT_ID, nsmap={None: NS_OCCUPANT_ID}, id=sender.occupant_id)
         result.out.append(target.out(element))
+        self._pending_pms[forward_id, to] = (str(from_), original_id, target.nick)
+        while len(self._pending_pms) > MAX_PENDING_PMS:
+            self._pending_pms.popitem(last=False)
+        return result
+
+    def _message_error(
+        self, stanza: etree._Element, from_: JID, occupant: Occupant | None
+    ) -> Result:
+        """An error message to room/nick. One answering a private message the room forwarded
+        goes back to that message's sender (from room/<recipient>); one answering a groupchat
+        message the room sent removes the occupant whose client bounced it (status 333);
+        anything else is dropped (an error may never eject someone it does not concern)."""
+        result = Result()
+        error_id = stanza.get("id") or ""
+        pending = self._pending_pms.pop((error_id, from_.bare), None)
+        if pending is not None:
+            sender, original_id, target_nick = pending
+            answer = copy.deepcopy(stanza)
+            for attr in ("from", "to", "id"):
+                answer.attrib.pop(attr, None)
+            answer.set("from", self._occupant_jid(target_nick))
+            answer.set("to", sender)
+            if original_id is not None:
+                answer.set("id", original_id)
+            result.out.append(Out(answer))
+            return result
+        if occupant is not None and error_id in self._sent_ids:
+            self._bounced(result, occupant, from_)
         return result
 
     # --- IQs to occupants ----------------------------------------------------------------
@@ -949,6 +1044,13 @@ class Room:
                 owners.discard(jid)
         if not owners and any(a == "owner" for a in self.affiliations.values()):
             raise StanzaError("conflict", "a room needs at least one owner")
+        after = dict(self.affiliations)
+        for jid, (affiliation, _reason) in affiliation_changes.items():
+            if affiliation == "none":
+                after.pop(jid, None)
+            else:
+                after[jid] = affiliation
+        self._check_affiliation_count(len(after))
         result = Result([Out(_answer(stanza, None, str(self.jid)))])
         actor_nick = actor.nick if actor is not None else None
         for jid, (affiliation, reason) in affiliation_changes.items():
@@ -958,6 +1060,11 @@ class Room:
                 continue  # already removed by an affiliation change
             self._set_role(result, occupant, role, actor_nick, reason)
         return result
+
+    def _check_affiliation_count(self, count: int) -> None:
+        """Refuse to grow the affiliation lists beyond the service's bound."""
+        if count > self.limits.max_affiliations and count > len(self.affiliations):
+            raise StanzaError("policy-violation", "this room has too many affiliations")
 
     @staticmethod
     def _item_jid(item: etree._Element) -> JID:
@@ -983,14 +1090,23 @@ class Room:
     def _check_role_change(
         self, actor: Occupant | None, actor_affiliation: str, target: Occupant, role: str
     ) -> None:
+        """§5.1, §8.2, §8.4, §9.6-9.7: who may give whom which role."""
         if actor is None or actor.role != "moderator":
             raise StanzaError("forbidden", "only moderators change roles")
-        target_affiliation = self.affiliation(target.jid)
+        target_rank = AFFILIATION_RANK[self.affiliation(target.jid)]
         actor_rank = AFFILIATION_RANK[actor_affiliation]
-        if role == "none" and target is actor:
-            raise StanzaError("conflict", "you may not kick yourself")
-        if role != "moderator" and AFFILIATION_RANK[target_affiliation] >= max(2, actor_rank):
-            raise StanzaError("not-allowed", "the occupant's affiliation protects them")
+        if role == "none":
+            if target is actor:
+                raise StanzaError("conflict", "you may not kick yourself")
+            if target_rank > actor_rank:  # §8.2: not by a moderator with a lower affiliation
+                raise StanzaError("not-allowed", "you may not kick someone above you")
+        elif role == "visitor":
+            # §8.4: nobody silences an admin or owner; a moderator nobody at or above itself
+            if target_rank >= 2 or target_rank >= actor_rank:
+                raise StanzaError("not-allowed", "the occupant's affiliation protects them")
+        elif role == "participant" and target.role == "moderator" and target_rank >= 2:
+            # §9.7: moderator status of an admin or owner cannot be revoked
+            raise StanzaError("not-allowed", "admins and owners stay moderators")
         if (role == "moderator" or target.role == "moderator") and actor_rank < 2:
             raise StanzaError("forbidden", "only admins grant or revoke moderation")
 

@@ -405,3 +405,20 @@ async def test_storage_failure_is_logged_not_raised(
     with pytest.raises(StorageError):
         await archive.last(ROOM, 1)
     await asyncio.sleep(0)
+
+
+async def test_remove_with_successor_keeps_the_new_rooms_entries(archive: RoomArchive) -> None:
+    """A room of the same name was created while the old one was being removed: only the
+    entries archived before the removal go (and their tombstones)."""
+    [old] = await fill(archive, 1)
+    await archive.retract(ROOM, old, make_tombstone(groupchat("a", "x"), str(ROOM)))
+    removed_at = time.time()
+    while time.time() <= removed_at:
+        pass  # the clock must move past the removal (microseconds)
+    [new] = await fill(archive, 1)
+    await archive.remove(ROOM, removed_at=removed_at, successor=lambda: True)
+    assert [item.id for item in await archive.store.items(str(ROOM))] == [new]
+    assert not await archive.retract(ROOM, old, make_tombstone(groupchat("a", "x"), str(ROOM)))
+    sent = Sent()
+    await archive.query(ROOM, mam_query(), sent)
+    assert len(sent.messages) == 1

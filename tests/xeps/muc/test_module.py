@@ -447,9 +447,13 @@ async def test_error_bounce_removes_occupant(
     await create(h, alice)
     await join(h, bob, "Bob")
     h.take(alice)
+    await h.send(alice, f"<message type='groupchat' id='g1' to='{ROOM}'><body>x</body></message>")
+    h.take(alice)
+    assert h.take_one(bob).get("id") == "g1"
+    # Bob's client bounces the groupchat message the room sent it (from room/Alice)
     await h.send(
         bob,
-        f"<message type='error' to='{ROOM}/Alice'><error type='cancel'>"
+        f"<message type='error' id='g1' to='{ROOM}/Alice'><error type='cancel'>"
         "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
     )
     (seen,) = h.take(alice)

@@ -1,0 +1,523 @@
+"""XEP-0045 (xeps/muc): regression tests for the bugs a review found, one test per bug.
+
+Each test drives the module on a real server (ModuleHarness: fake sessions, no sockets) and
+failed before its fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from tests.helpers.harness import ModuleHarness, error_condition
+from tests.xeps.muc.test_module import (
+    BODY,
+    ROOM,
+    SERVICE,
+    SUBJECT,
+    X,
+    admin,
+    codes,
+    configure,
+    create,
+    join,
+    muc,
+    room_of,
+)
+from xeps.muc.room import NS_MUC, NS_USER
+from xmppd.events import Shutdown
+from xmppd.jid import JID
+from xmppd.ns import NS_DATA
+from xmppd.session import Session
+
+MODULES = ("muc", "presence", "disco", "roster", "blocking")
+SID = "{urn:xmpp:sid:0}stanza-id"
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[ModuleHarness]:
+    async with ModuleHarness.started(
+        tmp_path, accounts=("alice", "bob", "carol", "dave"), modules_enabled=MODULES
+    ) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def alice(h: ModuleHarness) -> Session:
+    return await h.connect("alice@localhost/phone", priority=0)
+
+
+@pytest.fixture
+async def bob(h: ModuleHarness) -> Session:
+    return await h.connect("bob@localhost/pc", priority=0)
+
+
+@pytest.fixture
+async def carol(h: ModuleHarness) -> Session:
+    return await h.connect("carol@localhost/tab", priority=0)
+
+
+def history_x(**limits: str) -> str:
+    attrs = " ".join(f"{k}='{v}'" for k, v in limits.items())
+    return f"<x xmlns='{NS_MUC}'><history {attrs}/></x>"
+
+
+def bodies(got: list[etree._Element]) -> list[str]:
+    return [e.findtext(BODY) or "" for e in got if e.find(BODY) is not None]
+
+
+# --- 1. invisible occupant through a malformed <history/> -----------------------------------
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"seconds": "1" + "0" * 400},  # OverflowError in float arithmetic before the fix
+        {"seconds": "9" * 5000},  # more digits than int() accepts
+        {"maxchars": "1" + "0" * 400},
+        {"maxstanzas": "1" + "0" * 400},
+        {"maxstanzas": "-3", "maxchars": "x"},
+        {"since": "99999-01-01T00:00:00Z"},
+        {"since": "0001-01-01T00:00:00-23:59"},
+    ],
+)
+async def test_invisible_occupant_via_malformed_history(
+    h: ModuleHarness, alice: Session, bob: Session, limits: dict[str, str]
+) -> None:
+    await create(h, alice)
+    await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>before</body></message>")
+    h.take(alice)
+    got = await join(h, bob, "Ghost", x=history_x(**limits))
+    assert any(110 in codes(e) for e in got), [etree.tostring(e) for e in got]
+    assert got[-1].find(SUBJECT) is not None
+    seen = h.take_one(alice)  # the others see the join: nobody listens unseen
+    assert seen.get("from") == f"{ROOM}/Ghost"
+    assert "Ghost" in room_of(h).occupants
+
+
+async def test_huge_history_limits_mean_no_limit(
+    h: ModuleHarness, alice: Session, bob: Session
+) -> None:
+    await create(h, alice)
+    for n in range(3):
+        await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>m{n}</body></message>")
+    h.take(alice)
+    got = await join(h, bob, "Bob", x=history_x(seconds="9" * 30, maxchars="9" * 30))
+    assert bodies(got) == ["m0", "m1", "m2"]
+
+
+@pytest.mark.parametrize("second_session", [False, True])
+async def test_history_failure_changes_no_state(
+    h: ModuleHarness,
+    alice: Session,
+    bob: Session,
+    monkeypatch: pytest.MonkeyPatch,
+    second_session: bool,
+) -> None:
+    """Whatever fails while the history is computed, the room's state has not changed yet."""
+    await create(h, alice)
+    room = room_of(h)
+    if second_session:  # §7.2.9: a second session of Alice under her nick
+        bob = await h.connect("alice@localhost/laptop", priority=0)
+    nick = "Alice" if second_session else "Ghost"
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("history broke")
+
+    monkeypatch.setattr(room, "_history_for", broken)
+    with pytest.raises(RuntimeError):
+        room.presence(etree.fromstring(f"<presence>{X}</presence>"), bob_jid(bob), nick, 0.0)
+    assert [len(o.sessions) for o in room.occupants.values()] == [1]
+    assert set(room.occupants) == {"Alice"}
+    assert len(room.by_jid) == 1
+
+
+def bob_jid(session: Session) -> JID:
+    assert session.jid is not None
+    return session.jid
+
+
+# --- 2. an error reply to a private message ejects the wrong occupant -------------------------
+async def test_pm_error_goes_back_to_sender_not_kicking_recipient(
+    h: ModuleHarness, alice: Session, bob: Session, carol: Session
+) -> None:
+    """Bob blocks room/Mallory (XEP-0191); his server refuses Mallory's PM: Mallory gets the
+    error (from room/Bob, with her id), and Bob stays."""
+    await create(h, alice)
+    await join(h, bob, "Bob")
+    await join(h, carol, "Mallory")
+    h.take(alice)
+    h.take(bob)
+    await h.send(
+        bob,
+        f"<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'>"
+        f"<item jid='{ROOM}/Mallory'/></block></iq>",
+    )
+    h.take(bob)
+    await h.send(carol, f"<message type='chat' id='pm1' to='{ROOM}/Bob'><body>hi</body></message>")
+    assert "Bob" in room_of(h).occupants
+    assert h.take(alice) == []
+    assert [e for e in h.take(bob) if e.get("type") == "unavailable"] == []
+    (error,) = h.take(carol)
+    assert error.get("type") == "error"
+    assert error.get("from") == f"{ROOM}/Bob"
+    assert error.get("id") == "pm1"
+
+
+async def test_pm_error_from_client_is_routed_back(
+    h: ModuleHarness, alice: Session, bob: Session, carol: Session
+) -> None:
+    await create(h, alice)
+    await join(h, bob, "Bob")
+    await join(h, carol, "Mallory")
+    h.take(alice)
+    h.take(bob)
+    await h.send(carol, f"<message type='chat' to='{ROOM}/Bob'><body>hi</body></message>")
+    pm = h.take_one(bob)
+    forwarded_id = pm.get("id")
+    assert forwarded_id  # a PM without id gets one, so its error can be matched
+    await h.send(
+        bob,
+        f"<message type='error' id='{forwarded_id}' to='{ROOM}/Mallory'><error type='cancel'>"
+        f"<not-acceptable xmlns='{STANZAS}'/></error></message>",
+    )
+    error = h.take_one(carol)
+    assert error.get("type") == "error"
+    assert error.get("from") == f"{ROOM}/Bob"
+    assert error.get("to") == "carol@localhost/tab"
+    assert error_condition(error) == "not-acceptable"
+    assert error.get("id") is None  # Mallory's PM had none
+    assert set(room_of(h).occupants) == {"Alice", "Bob", "Mallory"}
+    assert h.take(alice) == []
+
+
+async def test_pm_ids_are_kept_per_recipient(
+    h: ModuleHarness, alice: Session, bob: Session, carol: Session
+) -> None:
+    """The sender's id survives (receipts, corrections) unless it would be ambiguous: the same
+    id to two recipients is fine; an error from each goes back once."""
+    await create(h, alice)
+    await join(h, bob, "Bob")
+    await join(h, carol, "Mallory")
+    h.take(alice)
+    h.take(bob)
+    for nick in ("Alice", "Bob"):
+        await h.send(
+            carol, f"<message type='chat' id='s' to='{ROOM}/{nick}'><body>x</body></message>"
+        )
+    assert h.take_one(alice).get("id") == "s"
+    assert h.take_one(bob).get("id") == "s"
+    await h.send(carol, f"<message type='chat' id='s' to='{ROOM}/Bob'><body>y</body></message>")
+    assert h.take_one(bob).get("id") != "s"  # 's' to Bob is still pending: a fresh id
+    error = (
+        f"<message type='error' id='s' to='{ROOM}/Mallory'><error type='cancel'>"
+        f"<service-unavailable xmlns='{STANZAS}'/></error></message>"
+    )
+    for session, nick in ((alice, "Alice"), (bob, "Bob")):
+        await h.send(session, error)
+        bounced = h.take_one(carol)
+        assert (bounced.get("from"), bounced.get("id")) == (f"{ROOM}/{nick}", "s")
+    await h.send(bob, error)  # again: answers nothing pending now
+    assert h.take(carol) == []
+    assert set(room_of(h).occupants) == {"Alice", "Bob", "Mallory"}
+
+
+async def test_error_answering_nothing_the_room_sent_is_dropped(
+    h: ModuleHarness, alice: Session, bob: Session, carol: Session
+) -> None:
+    await create(h, alice)
+    await join(h, bob, "Bob")
+    h.take(alice)
+    await h.send(
+        bob,
+        f"<message type='error' id='made-up' to='{ROOM}/Alice'><error type='cancel'>"
+        f"<service-unavailable xmlns='{STANZAS}'/></error></message>",
+    )
+    assert h.take(alice) == []
+    assert h.take(bob) == []
+    assert "Bob" in room_of(h).occupants
+
+
+async def test_pm_id_colliding_with_groupchat_id_is_rewritten(
+    h: ModuleHarness, alice: Session, bob: Session, carol: Session
+) -> None:
+    """Mallory reuses a groupchat message's id for a PM: Bob's error to it still reaches
+    Mallory, never a bounce that ejects Bob."""
+    await create(h, alice)
+    await join(h, bob, "Bob")
+    await join(h, carol, "Mallory")
+    h.take(alice)
+    h.take(bob)
+    await h.send(alice, f"<message type='groupchat' id='g' to='{ROOM}'><body>x</body></message>")
+    h.take(alice)
+    h.take(bob)
+    h.take(carol)
+    await h.send(carol, f"<message type='chat' id='g' to='{ROOM}/Bob'><body>hi</body></message>")
+    pm = h.take_one(bob)
+    assert pm.get("id") != "g"
+    room_of(h)._pending_pms.clear()  # even once the PM is forgotten
+    await h.send(
+        bob,
+        f"<message type='error' id='{pm.get('id')}' to='{ROOM}/Mallory'><error type='cancel'>"
+        f"<service-unavailable xmlns='{STANZAS}'/></error></message>",
+    )
+    assert "Bob" in room_of(h).occupants
+
+
+# --- 3. role-change permissions (§8.2, §8.4, §9.7) -------------------------------------------
+async def test_owner_may_not_revoke_voice_or_moderation_of_admin(
+    h: ModuleHarness, alice: Session, bob: Session
+) -> None:
+    await create(h, alice)
+    await admin(h, alice, "<item affiliation='admin' jid='bob@localhost'/>")
+    await join(h, bob, "Bob")
+    h.take(alice)
+    reply = await admin(h, alice, "<item nick='Bob' role='visitor'/>")
+    assert error_condition(reply) == "not-allowed"
+    reply = await admin(h, alice, "<item nick='Bob' role='participant'/>")
+    assert error_condition(reply) == "not-allowed"
+    assert room_of(h).occupants["Bob"].role == "moderator"
+    assert h.take(bob) == []
+    # an admin neither silences nor demotes the owner
+    reply = await admin(h, bob, "<item nick='Alice' role='visitor'/>")
+    assert error_condition(reply) == "not-allowed"
+    reply = await admin(h, bob, "<item nick='Alice' role='participant'/>")
+    assert error_condition(reply) == "not-allowed"
+    # §8.2: an owner may kick an admin (lower affiliation); an admin never an owner
+    reply = await admin(h, bob, "<item nick='Alice' role='none'/>")
+    assert error_condition(reply) == "not-allowed"
+    reply = await admin(h, alice, "<item nick='Bob' role='none'/>")
+    assert reply.get("type") == "result"
+    assert codes(h.take_one(bob)) == {110, 307}
+
+
+async def test_moderator_may_not_kick_or_silence_higher_affiliation(
+    h: ModuleHarness, alice: Session, bob: Session, carol: Session
+) -> None:
+    """Bob is a member made moderator; Carol an admin, Dave a member, Eve nobody."""
+    dave = await h.connect("dave@localhost/d", priority=0)
+    await create(h, alice)
+    await admin(
+        h,
+        alice,
+        "<item affiliation='member' jid='bob@localhost'/>"
+        "<item affiliation='admin' jid='carol@localhost'/>"
+        "<item affiliation='member' jid='dave@localhost'/>",
+    )
+    await configure(h, alice, {"muc#roomconfig_moderatedroom": "1"})
+    await join(h, bob, "Bob")
+    await join(h, carol, "Carol")
+    await join(h, dave, "Dave")
+    reply = await admin(h, alice, "<item nick='Bob' role='moderator'/>")
+    assert reply.get("type") == "result"
+    h.take(bob)
+    reply = await admin(h, bob, "<item nick='Carol' role='none'/>")
+    assert error_condition(reply) == "not-allowed"  # §8.2: higher affiliation
+    reply = await admin(h, bob, "<item nick='Carol' role='visitor'/>")
+    assert error_condition(reply) == "not-allowed"  # §8.4: admins keep their voice
+    reply = await admin(h, bob, "<item nick='Dave' role='visitor'/>")
+    assert error_condition(reply) == "not-allowed"  # §8.4: at the moderator's level
+    reply = await admin(h, bob, "<item nick='Dave' role='none'/>")
+    assert reply.get("type") == "result"  # §8.2: same affiliation, not higher
+    assert set(room_of(h).occupants) == {"Alice", "Bob", "Carol"}
+    assert room_of(h).occupants["Carol"].role == "moderator"
+
+
+# --- 4. a subject with a body is a message (§8.1) -------------------------------------------
+@pytest.mark.parametrize(
+    "extra", ["<body>hello</body>", "<thread>t1</thread>", "<body>hello</body><thread>t</thread>"]
+)
+async def test_subject_with_body_or_thread_is_a_message(
+    h: ModuleHarness, alice: Session, bob: Session, carol: Session, extra: str
+) -> None:
+    await create(h, alice)
+    await join(h, bob, "Bob")  # a participant: may not change the subject
+    h.take(alice)
+    await h.send(
+        bob,
+        f"<message type='groupchat' id='sb' to='{ROOM}'><subject>s</subject>{extra}</message>",
+    )
+    for session in (alice, bob):
+        msg = h.take_one(session)
+        assert msg.get("type") == "groupchat"
+        assert msg.get("id") == "sb"
+    room = room_of(h)
+    assert room.subject == ""
+    if "<body>" in extra:
+        got = await join(h, carol, "Carol")
+        assert bodies(got) == ["hello"]
+        assert got[-1].findtext(SUBJECT) == ""  # the subject is still unset
+
+
+async def test_subject_with_body_is_archived(h: ModuleHarness, alice: Session) -> None:
+    await create(h, alice)
+    await h.send(
+        alice, f"<message type='groupchat' to='{ROOM}'><subject>s</subject><body>b</body></message>"
+    )
+    msg = h.take_one(alice)
+    assert msg.find(SID) is not None
+    module = muc(h)
+    assert module.archive is not None
+    await module.archive.settled()
+    entries = await module.archive.last(room_of(h).jid, 10)
+    assert [e.findtext(BODY) for e, _when in entries] == ["b"]
+
+
+# --- 5. a room being removed can still be joined ------------------------------------------------
+async def test_room_being_removed_cannot_be_joined(
+    h: ModuleHarness, alice: Session, bob: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the last occupant's leave is being sent, Bob creates a new room of the same name:
+    he gets the new room, and the old room's removal wipes neither its record nor its
+    archive."""
+    await create(h, alice)
+    await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>old</body></message>")
+    h.take(alice)
+    module = muc(h)
+    old = room_of(h)
+    service = module.service
+    real_send = service.send
+    meddled = False
+
+    async def send(element: etree._Element) -> None:
+        nonlocal meddled
+        await real_send(element)
+        if not meddled and element.get("type") == "unavailable":
+            meddled = True
+            await h.send(bob, f"<presence to='{ROOM}/Bob'>{X}</presence>")
+            await h.send(
+                bob,
+                f"<iq type='set' id='cfg' to='{ROOM}'><query xmlns='{NS_MUC}#owner'>"
+                f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE'>"
+                f"<value>{NS_MUC}#roomconfig</value></field>"
+                "<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+                "</x></query></iq>",
+            )
+            await h.send(bob, f"<message type='groupchat' to='{ROOM}'><body>new</body></message>")
+
+    monkeypatch.setattr(service, "send", send)
+    await h.send(alice, f"<presence to='{ROOM}/Alice' type='unavailable'/>")
+    assert meddled
+    got = h.take(bob)
+    assert any(201 in codes(e) for e in got), [etree.tostring(e) for e in got]
+    new = room_of(h)
+    assert new is not old
+    assert set(new.occupants) == {"Bob"}
+    assert new.affiliations == {JID.parse("bob@localhost"): "owner"}
+    assert await module.store.get("", "room/room") is not None  # the new room's record
+    assert module.archive is not None
+    await module.archive.settled()
+    entries = await module.archive.last(new.jid, 10)
+    assert [e.findtext(BODY) for e, _when in entries] == ["new"]  # nothing of the old room
+
+
+# --- 6. a forged stanza-id in another spelling ------------------------------------------------
+async def test_forged_stanza_id_case_variant_is_stripped(
+    h: ModuleHarness, alice: Session, bob: Session
+) -> None:
+    await create(h, alice)
+    await join(h, bob, "Bob")
+    h.take(alice)
+    await h.send(
+        bob,
+        f"<message type='groupchat' to='{ROOM}'><body>x</body>"
+        "<stanza-id xmlns='urn:xmpp:sid:0' by='Room@Conference.Localhost' id='forged1'/>"
+        "<stanza-id xmlns='urn:xmpp:sid:0' by='room@conference.localhost/Alice' id='forged2'/>"
+        "<stanza-id xmlns='urn:xmpp:sid:0' by='@@bad' id='forged3'/>"
+        "<stanza-id xmlns='urn:xmpp:sid:0' id='forged4'/>"
+        "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='kept'/></message>",
+    )
+    msg = h.take_one(alice)
+    ids = {s.get("id") for s in msg.findall(SID)}
+    assert "kept" in ids
+    assert not ids & {"forged1", "forged2", "forged3", "forged4"}
+    assert [s.get("by") for s in msg.findall(SID) if s.get("id") != "kept"] == [ROOM]
+
+
+# --- 7. shutdown and occupants with two sessions -------------------------------------------------
+async def test_shutdown_reaches_every_session(h: ModuleHarness, alice: Session) -> None:
+    await create(h, alice)
+    laptop = await h.connect("alice@localhost/laptop", priority=0)
+    await join(h, laptop, "Alice")
+    assert len(room_of(h).occupants["Alice"].sessions) == 2
+    await muc(h)._shutdown(Shutdown())
+    for session in (alice, laptop):
+        gone = h.take_one(session)
+        assert gone.get("type") == "unavailable"
+        assert codes(gone) == {110, 332}
+
+
+# --- 8. an invitation batch changes state before failing -------------------------------------
+async def test_invitation_batch_is_all_or_nothing(
+    h: ModuleHarness, alice: Session, carol: Session
+) -> None:
+    await create(h, alice)
+    await configure(h, alice, {"muc#roomconfig_membersonly": "1"})
+    h.take(alice)
+    await h.send(
+        alice,
+        f"<message to='{ROOM}'><x xmlns='{NS_USER}'>"
+        "<invite to='carol@localhost'/><invite to='@@bad'/></x></message>",
+    )
+    assert error_condition(h.take_one(alice)) == "jid-malformed"
+    assert JID.parse("carol@localhost") not in room_of(h).affiliations
+    assert h.take(carol) == []
+    await h.send(
+        alice,
+        f"<message to='{ROOM}'><x xmlns='{NS_USER}'>"
+        "<invite to='carol@localhost'/><decline/></x></message>",
+    )
+    assert error_condition(h.take_one(alice)) == "bad-request"
+    assert JID.parse("carol@localhost") not in room_of(h).affiliations
+    assert h.take(carol) == []
+
+
+# --- 9. bounded rooms per user and affiliations per room -----------------------------------------
+async def test_rooms_per_user_and_affiliations_are_bounded(tmp_path: Path) -> None:
+    options = {"muc": {"max_rooms_per_user": 2, "max_affiliations": 3}}
+    async with ModuleHarness.started(
+        tmp_path,
+        accounts=("alice", "bob", "carol", "dave"),
+        modules_enabled=MODULES,
+        modules=options,
+    ) as h:
+        alice = await h.connect("alice@localhost/phone", priority=0)
+        bob = await h.connect("bob@localhost/pc", priority=0)
+        await create(h, alice)
+        await create(h, alice, room=f"two@{SERVICE}")
+        await h.send(alice, f"<presence to='three@{SERVICE}/Alice'>{X}</presence>")
+        assert error_condition(h.take_one(alice)) == "not-allowed"
+        assert muc(h).room("three") is None
+        await create(h, bob, nick="Bob", room=f"three@{SERVICE}")  # others still may
+        # affiliations: owner + 2 members fill the room's lists
+        reply = await admin(
+            h,
+            alice,
+            "<item affiliation='member' jid='bob@localhost'/>"
+            "<item affiliation='member' jid='carol@localhost'/>",
+        )
+        assert reply.get("type") == "result"
+        reply = await admin(h, alice, "<item affiliation='outcast' jid='dave@localhost'/>")
+        assert error_condition(reply) == "policy-violation"
+        assert JID.parse("dave@localhost") not in room_of(h).affiliations
+        # changing an entry, or swapping one for another, is fine
+        reply = await admin(
+            h,
+            alice,
+            "<item affiliation='none' jid='carol@localhost'/>"
+            "<item affiliation='admin' jid='dave@localhost'/>",
+        )
+        assert reply.get("type") == "result"
+        assert len(room_of(h).affiliations) == 3
+        # a members-only room's invitation would add a member: refused as well
+        await configure(h, alice, {"muc#roomconfig_membersonly": "1"})
+        h.take(alice)
+        await h.send(
+            alice,
+            f"<message to='{ROOM}'><x xmlns='{NS_USER}'><invite to='carol@localhost'/></x></message>",
+        )
+        assert error_condition(h.take_one(alice)) == "policy-violation"
+        assert len(room_of(h).affiliations) == 3
