@@ -774,14 +774,7 @@ async def throughput_phase(target: Target, args: argparse.Namespace) -> dict[str
         flow.running = True
         flow.refill()
 
-    await asyncio.sleep(args.warmup)
-    start, meter = totals.delivered, CpuMeter(args.pid)
-    samples = await sample_counter(totals, args.duration)
-    delivered, elapsed, usage = (
-        totals.delivered - start,
-        time.perf_counter() - meter.wall,
-        meter.read(),
-    )
+    samples, delivered, elapsed, usage = await measure(totals, args)
 
     for flow in flows:
         flow.running = False
@@ -801,6 +794,17 @@ async def throughput_phase(target: Target, args: argparse.Namespace) -> dict[str
         "connections_lost": len(conns) - alive,
         **usage,
     }
+
+
+async def measure(
+    totals: Totals, args: argparse.Namespace
+) -> tuple[list[tuple[float, int]], int, float, dict[str, float | None]]:
+    """Warm up, then sample the delivered counter for ``args.duration`` seconds: (samples,
+    deliveries in the window, window seconds, CPU use over the window)."""
+    await asyncio.sleep(args.warmup)
+    start, meter = totals.delivered, CpuMeter(args.pid)
+    samples = await sample_counter(totals, args.duration)
+    return samples, totals.delivered - start, time.perf_counter() - meter.wall, meter.read()
 
 
 async def sample_counter(totals: Totals, duration: float) -> list[tuple[float, int]]:
@@ -1986,14 +1990,7 @@ async def run_muc(target: Target, args: argparse.Namespace) -> dict[str, Any]:
 
     muc.running = True
     muc.refill()
-    await asyncio.sleep(args.warmup)
-    start, meter = totals.delivered, CpuMeter(args.pid)
-    samples = await sample_counter(totals, args.duration)
-    delivered, elapsed, usage = (
-        totals.delivered - start,
-        time.perf_counter() - meter.wall,
-        meter.read(),
-    )
+    samples, delivered, elapsed, usage = await measure(totals, args)
     muc.running = False
     expected = muc.sent * len(conns)
     drained = await _wait_for(lambda: totals.delivered >= expected, 20.0)
