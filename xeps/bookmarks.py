@@ -30,15 +30,22 @@ XML before this module ran are merged into PEP when the account first binds a se
 Requests this module does not take are left to the private module: another account's data,
 other namespaces, malformed queries, and everything when no PEP module answers PEP_REQUEST.
 A private-storage set of ``storage:bookmarks`` together with other namespaces is split: the
-bookmarks are applied first, then the private module stores the rest (it may still refuse it,
-e.g. over its namespace quota, after the bookmarks changed).
+bookmarks are validated, the private module stores the rest (its refusal is the answer, and
+then nothing changed), then the bookmarks are applied.
+
+Every write is checked before anything is published: room ids, the number of items the node
+would hold (at most the smaller of `max_bookmarks` and `pep_max_items`, which must not exceed
+what the PEP service keeps, or it would evict the oldest silently) and the size of the
+resulting legacy view. A publish the PEP service still refuses (quota, a node configured
+otherwise: the publish-options precondition, XEP-0060 §7.1.5) undoes what the write had done
+and is the answer. When the legacy PEP node could not be updated, it is out of step: a
+client's publish there then adds and changes bookmarks but retracts none, until it is in step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from lxml import etree
@@ -62,6 +69,7 @@ NODE_LEGACY = NS_LEGACY  # XEP-0048 §3.3: the PEP node of the legacy list
 STORE = "bookmarks"
 REST_KEY = "rest"  # the <storage/> children that are not conferences (URL bookmarks, ...)
 MIGRATED_KEY = "migrated"  # legacy private data was looked at once
+STALE_KEY = "stale"  # the legacy PEP node could not be updated: it is out of step
 
 _QUERY = f"{{{NS_PRIVATE}}}query"
 _STORAGE = f"{{{NS_LEGACY}}}storage"
@@ -91,6 +99,24 @@ def _namespace(element: etree._Element) -> str | None:
 
 def _elements(parent: etree._Element) -> list[etree._Element]:
     return [child for child in parent if isinstance(child.tag, str)]
+
+
+def _serialize(element: etree._Element) -> str:
+    """An element alone (not its tail text)."""
+    return etree.tostring(element, with_tail=False).decode()
+
+
+def _fragments(texts: Iterable[str]) -> Iterator[etree._Element]:
+    """Parse stored fragments; rows stored with tail text are read without it.
+
+    Raises:
+        etree.XMLSyntaxError: a fragment is not XML.
+    """
+    for text in texts:
+        wrapper = etree.fromstring(f"<w>{text}</w>".encode())
+        for child in _elements(wrapper):
+            child.tail = None
+            yield child
 
 
 def _canonical(element: etree._Element) -> bytes:
@@ -172,6 +198,18 @@ def to_legacy(item_id: str, payload: etree._Element) -> etree._Element | None:
     return conference
 
 
+@dataclass(slots=True)
+class _Plan:
+    """A validated legacy write: what to publish (id, payload, previous) and retract."""
+
+    owner: JID
+    publish: list[tuple[str, etree._Element, etree._Element | None]]
+    retract: list[tuple[str, etree._Element]]
+    rest: list[str]
+    rest_changed: bool
+    room: bool = True  # new items fit beside all the current ones (below the limit)
+
+
 class Bookmarks(Module):
     """Bookmarks 2 seen through private XML storage (XEP-0402 §5.3 compat)."""
 
@@ -182,21 +220,36 @@ class Bookmarks(Module):
     @dataclass(frozen=True)
     class Options:
         """`max_size`: most bytes a legacy ``<storage/>`` may have (serialised);
-        `max_bookmarks`: most conferences it may list; `compat_pep`: also keep the XEP-0048
-        PEP node ``storage:bookmarks`` in step with the Bookmarks 2 items."""
+        `max_bookmarks`: most conferences it may list; `pep_max_items`: most items the
+        Bookmarks 2 node may hold (must not exceed ``[modules.pep] max_items``: PEP evicts
+        the oldest beyond it); `max_id_length`: longest room JID kept as an item id (must not
+        exceed ``[modules.pep] max_name_length``); `compat_pep`: also keep the XEP-0048 PEP
+        node ``storage:bookmarks`` in step with the Bookmarks 2 items."""
 
         max_size: int = 65536
         max_bookmarks: int = 1000
+        pep_max_items: int = 256
+        max_id_length: int = 256
         compat_pep: bool = True
+
+    options: Options
 
     async def load(self) -> None:
         """Announce the unification on accounts when a PEP module is there to hold the items."""
-        self._quieted: dict[JID, int] = {}
+        # This module's own writes in flight: (owner, node, action, item id, payload), so
+        # that their PEP_CHANGED (fired while the write is awaited) are not taken as a
+        # client's; anyone else's change to the same account still is.
+        self._own: dict[tuple[JID, str, str, str, bytes], int] = {}
         if self._pep_available():
             self.ctx.add_feature(FEATURE_COMPAT, Scope.ACCOUNT)
             if self.options.compat_pep:
                 self.ctx.add_feature(FEATURE_COMPAT_PEP, Scope.ACCOUNT)
                 self.ctx.add_feature(FEATURE_CONVERSION, Scope.ACCOUNT)
+
+    @property
+    def limit(self) -> int:
+        """The most items the Bookmarks 2 node may hold after a write of this module."""
+        return min(self.options.max_bookmarks, self.options.pep_max_items)
 
     def _pep_available(self) -> bool:
         return self.ctx.host.bus.has_handlers(ev.PEP_REQUEST)
@@ -212,19 +265,40 @@ class Bookmarks(Module):
             raise request.error
         return request
 
-    async def _items(self, owner: JID) -> list[tuple[str, etree._Element]]:
-        return (await self._pep(ev.PepRequest(owner, NODE, "items"))).items
+    async def _items(self, owner: JID, node: str = NODE) -> list[tuple[str, etree._Element]]:
+        return (await self._pep(ev.PepRequest(owner, node, "items"))).items
 
-    @contextlib.contextmanager
-    def _quiet(self, owner: JID) -> Iterator[None]:
-        """While this module changes `owner`'s nodes, their PEP_CHANGED are its own echo."""
-        self._quieted[owner] = self._quieted.get(owner, 0) + 1
+    @staticmethod
+    def _key(
+        owner: JID, node: str, action: str, item_id: str | None, payload: etree._Element | None
+    ) -> tuple[JID, str, str, str, bytes]:
+        return (owner, node, action, item_id or "", b"" if payload is None else _canonical(payload))
+
+    async def _write(
+        self,
+        owner: JID,
+        node: str,
+        action: str,
+        item_id: str,
+        payload: etree._Element | None = None,
+        *,
+        options: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Publish or retract one item, marked as this module's own change."""
+        key = self._key(owner, node, action, item_id, payload)
+        self._own[key] = self._own.get(key, 0) + 1
         try:
-            yield
+            await self._pep(
+                ev.PepRequest(owner, node, action, item_id, payload, dict(options or {}))
+            )
         finally:
-            left = self._quieted.pop(owner) - 1
+            left = self._own.pop(key) - 1
             if left:
-                self._quieted[owner] = left
+                self._own[key] = left
+
+    def _is_own(self, change: ev.PepChanged) -> bool:
+        key = self._key(change.owner, change.node, change.action, change.item_id, change.payload)
+        return key in self._own
 
     # --- private XML storage ----------------------------------------------------------
     @hook(ev.IQ_BARE, priority=Priority.NORMAL)
@@ -255,13 +329,28 @@ class Bookmarks(Module):
                 query.append(await self._legacy_view(owner))
                 reply = iq_result(stanza.element, query)
             else:
-                await self._set_private(owner, [c for c in children if _namespace(c) == NS_LEGACY])
-                if len(children) != namespaces.count(NS_LEGACY):
-                    # Other namespaces too: the private module stores them and replies.
-                    for child in children:
+                legacy = [c for c in children if _namespace(c) == NS_LEGACY]
+                plan = await self._plan_private(owner, legacy)
+                if len(legacy) != len(children):
+                    # Other namespaces too: the private module checks and stores them first;
+                    # its refusal is the answer, and then the bookmarks are left alone.
+                    others = copy.deepcopy(stanza.element)
+                    query_copy = others[0]
+                    for child in _elements(query_copy):
                         if _namespace(child) == NS_LEGACY:
-                            payload.remove(child)
-                    return False
+                            query_copy.remove(child)
+                    answer = await self.ctx.host.iq.dispatch(
+                        Stanza(others, "iq", "set", stanza.from_, stanza.to),
+                        event.origin,
+                        Target.ACCOUNT,
+                    )
+                    if answer is None or answer.get("type") != "result":
+                        if answer is not None:
+                            answer.set("from", str(owner))
+                            await self.ctx.send(answer)
+                        return True
+                await self._execute(plan)
+                await self._mirror(owner)
                 reply = iq_result(stanza.element, None)
         except StanzaError as err:
             reply = error_reply(stanza.element, err, from_=str(owner))
@@ -274,18 +363,29 @@ class Bookmarks(Module):
         await self.ctx.send(reply)
         return True
 
-    async def _legacy_view(self, owner: JID) -> etree._Element:
-        """The XEP-0048 ``<storage/>``: conferences from the items, then the kept rest."""
+    async def _legacy_view(
+        self, owner: JID, items: list[tuple[str, etree._Element]] | None = None
+    ) -> etree._Element:
+        """The XEP-0048 ``<storage/>``: conferences from the items (one per room JID, the
+        first item wins as in `_bookmarks`), then the kept rest."""
+        if items is None:
+            items = await self._items(owner)
+        return self._view(owner, items, await self._rest(owner))
+
+    def _view(
+        self, owner: JID, items: list[tuple[str, etree._Element]], rest: list[str]
+    ) -> etree._Element:
         storage = etree.Element(_STORAGE, nsmap={None: NS_LEGACY})
-        for item_id, payload in await self._items(owner):
+        seen: set[str] = set()
+        for item_id, payload in items:
             conference = to_legacy(item_id, payload)
-            if conference is not None:
+            if conference is not None and conference.get("jid") not in seen:
+                seen.add(conference.get("jid") or "")
                 storage.append(conference)
-        for text in await self._rest(owner):
-            try:
-                storage.append(etree.fromstring(text.encode()))
-            except etree.XMLSyntaxError:
-                self.ctx.log.error("stored legacy bookmarks of %s are corrupt", owner)
+        try:
+            storage.extend(_fragments(rest))
+        except etree.XMLSyntaxError:
+            self.ctx.log.error("stored legacy bookmarks of %s are corrupt", owner)
         return storage
 
     async def _rest(self, owner: JID) -> list[str]:
@@ -298,19 +398,29 @@ class Bookmarks(Module):
         """The conferences of legacy ``<storage/>`` elements by room JID, and the rest.
 
         Strict (a client's request): a bad conference fails it all with bad-request.
-        Lenient (a PEP publish already stored): bad conferences are skipped.
+        Lenient (data already stored): bad conferences and other elements are skipped.
         """
         conferences: dict[str, etree._Element] = {}
         rest: list[str] = []
         for storage in storages:
             if storage.tag != _STORAGE:
-                raise StanzaError("bad-request", "storage:bookmarks data is a <storage/> element")
+                if strict:
+                    raise StanzaError(
+                        "bad-request", "storage:bookmarks data is a <storage/> element"
+                    )
+                self.ctx.log.warning("skipping legacy bookmarks data of %s", owner)
+                continue
             for child in _elements(storage):
                 if child.tag != _LEGACY_CONFERENCE:
-                    rest.append(etree.tostring(child).decode())
+                    rest.append(_serialize(child))
                     continue
                 try:
                     jid = room_jid(child.get("jid"))
+                    if len(jid) > self.options.max_id_length:
+                        raise StanzaError(
+                            "not-acceptable",
+                            f"room JID longer than {self.options.max_id_length} characters",
+                        )
                     if jid in conferences:
                         raise StanzaError("bad-request", f"{jid} is bookmarked twice")
                     to_item(child, None)  # checks nick and password
@@ -320,56 +430,108 @@ class Bookmarks(Module):
                     self.ctx.log.warning("skipping a bad legacy bookmark of %s", owner)
                     continue
                 conferences[jid] = child
-        if len(conferences) > self.options.max_bookmarks:
-            raise StanzaError(
-                "not-acceptable", f"at most {self.options.max_bookmarks} bookmarks are kept"
-            )
         return conferences, rest
 
-    async def _apply(
-        self, owner: JID, conferences: dict[str, etree._Element], rest: list[str]
-    ) -> bool:
-        """Bring the items in line with a legacy list: publish what changed, retract what
-        is gone (§5.3.2), keep the rest. Returns whether anything changed."""
-        current = await self._bookmarks(owner)
-        changed = False
-        with self._quiet(owner):
-            for jid, conference in conferences.items():
-                item_id, previous = current.get(jid, (jid, None))
-                item = to_item(conference, previous)
-                if not self._same(jid, previous, item):
-                    await self._pep(
-                        ev.PepRequest(owner, NODE, "publish", item_id, item, dict(PUBLISH_OPTIONS))
-                    )
-                    changed = True
-            for jid in current.keys() - conferences.keys():
-                await self._pep(ev.PepRequest(owner, NODE, "retract", current[jid][0]))
-                changed = True
-        if rest != await self._rest(owner):
-            await self.ctx.keyvalue(STORE).set(owner.local or "", REST_KEY, list(rest))
-            changed = True
-        return changed
+    async def _plan(
+        self,
+        owner: JID,
+        conferences: dict[str, etree._Element],
+        rest: list[str],
+        *,
+        retract: bool = True,
+    ) -> _Plan:
+        """Compare a legacy list with the items: what changed or is new is published, what
+        is gone retracted (§5.3.2), unchanged items left alone. Everything is checked here,
+        before anything is written.
 
-    async def _bookmarks(self, owner: JID) -> dict[str, tuple[str, etree._Element]]:
+        Raises:
+            StanzaError: not-acceptable when the node would hold more than `limit` items or
+                the legacy view would grow beyond `max_size`.
+        """
+        items = await self._items(owner)
+        current = self._index(items)
+        plan = _Plan(owner, [], [], list(rest), rest != await self._rest(owner))
+        for jid, conference in conferences.items():
+            item_id, previous = current.get(jid, (jid, None))
+            item = to_item(conference, previous)
+            if not self._same(jid, previous, item):
+                plan.publish.append((item_id, item, previous))
+        if retract:
+            plan.retract = [current[jid] for jid in current.keys() - conferences.keys()]
+        after = dict(items)
+        for item_id, _ in plan.retract:
+            del after[item_id]
+        for item_id, item, _ in plan.publish:
+            after.pop(item_id, None)
+            after[item_id] = item
+        if len(after) > len(items) and len(after) > self.limit:
+            raise StanzaError("not-acceptable", f"at most {self.limit} bookmarks are kept")
+        added = sum(1 for _, _, previous in plan.publish if previous is None)
+        plan.room = len(items) + added <= self.limit
+        size = len(etree.tostring(self._view(owner, list(after.items()), plan.rest)))
+        if size > self.options.max_size and size > len(
+            etree.tostring(self._view(owner, items, await self._rest(owner)))
+        ):
+            raise StanzaError(
+                "not-acceptable", f"bookmarks are larger than {self.options.max_size} bytes"
+            )
+        return plan
+
+    async def _execute(self, plan: _Plan) -> None:
+        """Write a plan: changed and new items first (a node configured otherwise fails
+        before anything changed), then retractions; when the new items fit only once the
+        retractions are done, those go before them (PEP must evict nothing). A refusal
+        undoes what was written and is raised."""
+        owner = plan.owner
+        updates = [(i, item, p) for i, item, p in plan.publish if p is not None]
+        added = [(i, item, p) for i, item, p in plan.publish if p is None]
+        retracts = [(i, None, p) for i, p in plan.retract]
+        steps = [*updates, *added, *retracts] if plan.room else [*updates, *retracts, *added]
+        done: list[tuple[str, etree._Element | None]] = []  # (id, what it held before)
+        try:
+            for item_id, item, previous in steps:
+                if item is None:
+                    await self._write(owner, NODE, "retract", item_id)
+                else:
+                    await self._write(
+                        owner, NODE, "publish", item_id, item, options=PUBLISH_OPTIONS
+                    )
+                done.append((item_id, previous))
+        except StanzaError:
+            for item_id, previous in reversed(done):
+                try:  # as the node is configured: no publish-options
+                    if previous is None:
+                        await self._write(owner, NODE, "retract", item_id)
+                    else:
+                        await self._write(owner, NODE, "publish", item_id, previous)
+                except StanzaError as err:
+                    self.ctx.log.error("bookmark %s of %s not restored: %s", item_id, owner, err)
+            raise
+        if plan.rest_changed:
+            await self.ctx.keyvalue(STORE).set(owner.local or "", REST_KEY, list(plan.rest))
+
+    @staticmethod
+    def _index(
+        items: list[tuple[str, etree._Element]],
+    ) -> dict[str, tuple[str, etree._Element]]:
         """The items a legacy client sees, by prepared room JID: (item id, payload). Items
         with no legacy form are left out, so a legacy write never retracts them."""
         found: dict[str, tuple[str, etree._Element]] = {}
-        for item_id, payload in await self._items(owner):
+        for item_id, payload in items:
             conference = to_legacy(item_id, payload)
             if conference is not None:
                 found.setdefault(conference.get("jid") or "", (item_id, payload))
         return found
 
-    async def _set_private(self, owner: JID, storages: list[etree._Element]) -> None:
-        """A legacy client's private-storage set: validate it all, then apply it."""
-        size = sum(len(etree.tostring(s)) for s in storages)
+    async def _plan_private(self, owner: JID, storages: list[etree._Element]) -> _Plan:
+        """A legacy client's private-storage set, validated."""
+        size = sum(len(etree.tostring(s, with_tail=False)) for s in storages)
         if size > self.options.max_size:
             raise StanzaError(
                 "not-acceptable", f"bookmarks are larger than {self.options.max_size} bytes"
             )
         conferences, rest = self._parse(owner, storages, strict=True)
-        if await self._apply(owner, conferences, rest):
-            await self._mirror(owner)
+        return await self._plan(owner, conferences, rest)
 
     @staticmethod
     def _same(jid: str, previous: etree._Element | None, item: etree._Element) -> bool:
@@ -385,38 +547,53 @@ class Bookmarks(Module):
     async def pep_changed(self, change: ev.PepChanged) -> None:
         """Bookmarks 2 changed: the legacy PEP node follows. The legacy PEP node was
         published to by a client: the Bookmarks 2 items follow."""
-        if change.owner in self._quieted or not self.options.compat_pep:
+        if not self.options.compat_pep or self._is_own(change):
             return
         if change.node == NODE:
             await self._mirror(change.owner)
         elif change.node == NODE_LEGACY and change.action == "publish":
             if change.payload is None or change.payload.tag != _STORAGE:
                 return
-            if len(etree.tostring(change.payload)) > self.options.max_size:
-                self.ctx.log.warning("legacy PEP bookmarks of %s are too large", change.owner)
-                return
-            try:
-                conferences, rest = self._parse(change.owner, [change.payload], strict=False)
-            except StanzaError as err:
-                self.ctx.log.warning("legacy PEP bookmarks of %s: %s", change.owner, err)
-                return
-            await self._apply(change.owner, conferences, rest)
+            await self._apply_legacy_node(change.owner, change.payload)
+            await self._mirror(change.owner)
         # A retracted, purged or deleted legacy node leaves the Bookmarks 2 items alone.
+
+    async def _apply_legacy_node(self, owner: JID, payload: etree._Element) -> None:
+        """A client's publish to the legacy node, already stored: cast into items (bad
+        entries skipped). Out of step, it adds and changes but retracts nothing."""
+        if len(etree.tostring(payload, with_tail=False)) > self.options.max_size:
+            self.ctx.log.warning("legacy PEP bookmarks of %s are too large", owner)
+            return
+        stale = bool(await self.ctx.keyvalue(STORE).get(owner.local or "", STALE_KEY))
+        try:
+            conferences, rest = self._parse(owner, [payload], strict=False)
+            await self._execute(await self._plan(owner, conferences, rest, retract=not stale))
+        except StanzaError as err:
+            self.ctx.log.warning("legacy PEP bookmarks of %s not applied: %s", owner, err)
 
     async def _mirror(self, owner: JID) -> None:
         """Publish the legacy view as the ``storage:bookmarks`` node's item (XEP-0048 §3.3
-        over XEP-0223, whitelist: XEP-0411 §5). A node configured otherwise is left as it is."""
+        over XEP-0223, whitelist: XEP-0411 §5), when it differs from what the node holds.
+        A node configured otherwise, or a view too large, leaves the node out of step."""
         if not self.options.compat_pep:
             return
-        storage = await self._legacy_view(owner)
-        request = ev.PepRequest(
-            owner, NODE_LEGACY, "publish", "current", storage, dict(LEGACY_OPTIONS)
-        )
-        with self._quiet(owner):
-            try:
-                await self._pep(request)
-            except StanzaError as err:
-                self.ctx.log.warning("legacy PEP bookmarks of %s not updated: %s", owner, err)
+        store = self.ctx.keyvalue(STORE)
+        user = owner.local or ""
+        try:
+            storage = await self._legacy_view(owner)
+            if len(etree.tostring(storage)) > self.options.max_size:
+                raise StanzaError("not-acceptable", "the legacy view is too large")
+            held = dict(await self._items(owner, NODE_LEGACY)).get("current")
+            if held is None or _canonical(held) != _canonical(storage):
+                await self._write(
+                    owner, NODE_LEGACY, "publish", "current", storage, options=LEGACY_OPTIONS
+                )
+        except StanzaError as err:
+            self.ctx.log.warning("legacy PEP bookmarks of %s not updated: %s", owner, err)
+            await store.set(user, STALE_KEY, True)
+            return
+        if await store.get(user, STALE_KEY):
+            await store.delete(user, STALE_KEY)
 
     # --- migration (XEP-0411 §4) --------------------------------------------------------
     @hook(ev.SESSION_BOUND)
@@ -426,39 +603,61 @@ class Bookmarks(Module):
             await self._migrate(event.session.full_jid.bare)
 
     async def _migrate(self, owner: JID) -> None:
+        """Merge the private-XML list into the items (what Bookmarks 2 holds wins, nothing
+        is retracted, as many as `limit` allows; bad entries and refused items skipped).
+        Done once, whatever failed; only a Bookmarks 2 node configured otherwise (the
+        publish-options precondition) leaves it to be tried again, e.g. at the next bind,
+        after the client reconfigured the node (XEP-0060 §7.1.5)."""
         store = self.ctx.keyvalue(STORE)
         user = owner.local or ""
         if await store.get(user, MIGRATED_KEY):
             return
+        try:
+            if not await self._move(owner):
+                return
+        except Exception:
+            self.ctx.log.exception("moving the bookmarks of %s failed", owner)
+        await store.set(user, MIGRATED_KEY, True)
+
+    async def _move(self, owner: JID) -> bool:
+        """The migration; False when the Bookmarks 2 node refused the publish-options."""
         # Ask the private module through its own protocol (modules never import each other).
         iq = make("iq", type_="get", id_=new_id(), from_=owner, to=owner)
         etree.SubElement(etree.SubElement(iq, _QUERY, nsmap={None: NS_PRIVATE}), _STORAGE)
         reply = await self.ctx.host.iq.dispatch(
             Stanza(iq, "iq", "get", owner, owner), None, Target.ACCOUNT
         )
-        storages = (
-            []
-            if reply is None or reply.get("type") != "result"
-            else reply.findall(f"{_QUERY}/{_STORAGE}")
-        )
-        if storages:
+        query = None if reply is None or reply.get("type") != "result" else reply.find(_QUERY)
+        storages = [] if query is None else _elements(query)
+        if not storages:
+            return True
+        conferences, rest = self._parse(owner, storages, strict=False)
+        items = await self._items(owner)
+        current = self._index(items)
+        room = self.limit - len(items)
+        moved = 0
+        for jid, conference in conferences.items():
+            if jid in current:
+                continue
+            if moved >= room:
+                self.ctx.log.warning(
+                    "bookmarks of %s beyond %d not moved to PEP", owner, self.limit
+                )
+                break
             try:
-                conferences, rest = self._parse(owner, storages, strict=False)
-            except StanzaError as err:  # more than max_bookmarks
-                self.ctx.log.warning("not moving the bookmarks of %s: %s", owner, err)
-                conferences, rest = {}, []
-            # Merge: what Bookmarks 2 already holds wins, nothing is retracted.
-            current = await self._bookmarks(owner)
-            conferences = {j: c for j, c in conferences.items() if j not in current}
-            with self._quiet(owner):
-                for jid, conference in conferences.items():
-                    item = to_item(conference, None)
-                    await self._pep(
-                        ev.PepRequest(owner, NODE, "publish", jid, item, dict(PUBLISH_OPTIONS))
-                    )
-            kept = await self._rest(owner)
-            if rest and not kept:
-                await store.set(user, REST_KEY, list(rest))
-            if conferences or (rest and not kept):
-                await self._mirror(owner)
-        await store.set(user, MIGRATED_KEY, True)
+                await self._write(
+                    owner, NODE, "publish", jid, to_item(conference, None), options=PUBLISH_OPTIONS
+                )
+            except StanzaError as err:
+                if err.condition == "conflict":  # precondition-not-met: configured otherwise
+                    self.ctx.log.warning("bookmarks node of %s is configured otherwise", owner)
+                    return False
+                self.ctx.log.warning("bookmark %s of %s not moved: %s", jid, owner, err)
+                continue
+            moved += 1
+        kept = bool(rest) and not await self._rest(owner)
+        if kept:
+            await self.ctx.keyvalue(STORE).set(owner.local or "", REST_KEY, list(rest))
+        if moved or kept:
+            await self._mirror(owner)
+        return True

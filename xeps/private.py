@@ -71,7 +71,12 @@ class Private(Module):
         fragments = stored if isinstance(stored, list) else []
         try:
             for fragment in fragments:
-                query.append(etree.fromstring(str(fragment).encode()))
+                # Rows stored before tails were dropped may carry one: read without it.
+                wrapper = etree.fromstring(f"<w>{fragment}</w>".encode())
+                for element in list(wrapper):
+                    if isinstance(element.tag, str):
+                        element.tail = None
+                        query.append(element)
         except etree.XMLSyntaxError:
             self.ctx.log.error("stored private data of %s is corrupt", request.to)
             del query[:]
@@ -90,7 +95,7 @@ class Private(Module):
         sizes: dict[str, int] = {}
         for child in children:
             namespace = _key(child)
-            data = etree.tostring(child)
+            data = etree.tostring(child, with_tail=False)  # text after it is not its data
             sizes[namespace] = sizes.get(namespace, 0) + len(data)
             if sizes[namespace] > self.options.max_size:
                 raise StanzaError(

@@ -9,8 +9,9 @@ asked) and against the real PEP module. Tests that look at what the stand-in rec
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,10 @@ class FakePep(Module):
         self.nodes: dict[tuple[JID, str], dict[str, etree._Element]] = {}
         self.requests: list[ev.PepRequest] = []
         self.refuse: StanzaError | None = None
+        # Refuse some writes (e.g. PEP's own checks failing half-way through a write).
+        self.fail: Callable[[ev.PepRequest], StanzaError | None] | None = None
+        # Run when a write is stored, before its PEP_CHANGED (another session acting then).
+        self.during: Callable[[ev.PepRequest], Awaitable[None]] | None = None
 
     @hook(ev.PEP_REQUEST)
     async def request(self, req: ev.PepRequest) -> bool:
@@ -56,6 +61,10 @@ class FakePep(Module):
         node = self.nodes.setdefault((req.owner, req.node), {})
         if req.action in ("publish", "retract") and self.refuse is not None:
             req.error = self.refuse
+            return True
+        fail = self.fail if req.action in ("publish", "retract") else None
+        if fail is not None and (error := fail(req)) is not None:
+            req.error = error
             return True
         if req.action == "items":
             req.items = [(k, copy.deepcopy(v)) for k, v in node.items()]
@@ -72,6 +81,8 @@ class FakePep(Module):
                 return True
         else:
             node.clear()
+        if self.during is not None and req.action in ("publish", "retract"):
+            await self.during(req)
         await self.ctx.notify(
             ev.PEP_CHANGED, ev.PepChanged(req.owner, req.node, req.action, req.item_id, req.payload)
         )
@@ -585,7 +596,11 @@ async def test_a_legacy_pep_publish_becomes_bookmarks2_items(env: Env) -> None:
     assert list(got) == ["a@muc.localhost"]
     assert got["a@muc.localhost"].findtext(f"{{{B2}}}nick") == "n"
     assert b2_changes(env) == [("publish", "a@muc.localhost"), ("retract", "gone@muc.localhost")]
-    assert legacy_node_changes(env) == [("publish", "current")]  # the client's own, no echo
+    # The client's own publish, then the list as kept (bad entries gone): no echo of the
+    # module's own writes, but the node shows what the items are.
+    assert legacy_node_changes(env) == [("publish", "current"), ("publish", "current")]
+    node = await legacy_node(env)
+    assert list(conferences(node)) == ["a@muc.localhost"]
     found = await legacy_get(env)
     assert list(conferences(found)) == ["a@muc.localhost"]
     assert found.find(f"{{{LEGACY}}}url") is not None
@@ -640,3 +655,296 @@ async def test_a_legacy_node_open_to_others_is_not_written(tmp_path: Path) -> No
         assert list(await items(env)) == ["secret@muc.localhost"]
         assert legacy_node_changes(env) == []
         assert conferences(await legacy_node(env)) == {}
+
+
+# --- regressions: limits, echo, stale legacy node, partial writes, migration ----------------
+BASE = ["disco", "private", "roster", "presence"]
+
+
+@contextlib.asynccontextmanager
+async def real(tmp_path: Path, **modules: dict[str, object]) -> AsyncIterator[Env]:
+    """The real PEP module and this one, with module options."""
+    async with ModuleHarness.started(
+        tmp_path, modules_enabled=[*BASE, "pep", "bookmarks"], modules=modules
+    ) as h:
+        yield await start(h, False)
+
+
+@contextlib.asynccontextmanager
+async def fake(tmp_path: Path, options: Bookmarks.Options | None = None) -> AsyncIterator[Env]:
+    async with ModuleHarness.started(tmp_path, modules_enabled=BASE) as h:
+        await h.load(FakePep)
+        await h.load(Bookmarks, options)
+        yield await start(h, False)
+
+
+def rooms(n: int, prefix: str = "r") -> str:
+    return "".join(f"<conference jid='{prefix}{i}@muc.localhost'/>" for i in range(n))
+
+
+async def test_a_legacy_list_beyond_what_pep_keeps_is_refused_whole(env: Env) -> None:
+    """PEP keeps at most its max_items (256 by default) and would evict the oldest without
+    an error: a list the node cannot hold is refused before anything is published."""
+    reply = await legacy_set(env, rooms(300))
+    assert error_condition(reply) == "not-acceptable"
+    assert await items(env) == {}
+    assert b2_changes(env) == []
+
+
+async def test_adding_to_a_full_node_is_refused_and_nothing_is_lost(tmp_path: Path) -> None:
+    async with real(tmp_path) as env:
+        assert (await legacy_set(env, rooms(250))).get("type") == "result"
+        reply = await legacy_set(env, rooms(260))
+        assert error_condition(reply) == "not-acceptable"
+        got = await items(env)
+        assert len(got) == 250
+        assert "r0@muc.localhost" in got
+        # Replacing some within the limit is fine.
+        assert (await legacy_set(env, rooms(256, "s"))).get("type") == "result"
+        assert len(await items(env)) == 256
+
+
+async def test_the_limit_counts_items_without_a_legacy_form(fake_env: Env) -> None:
+    for i in range(256):
+        await pep(fake_env, "publish", f"not-a-room-{i}@@", f"<conference xmlns='{B2}'/>")
+    reply = await legacy_set(fake_env, rooms(1))
+    assert error_condition(reply) == "not-acceptable"
+    assert len(await items(fake_env)) == 256
+
+
+async def test_migration_moves_what_fits_and_marks_the_rest_done(tmp_path: Path) -> None:
+    """More conferences than the node keeps, and an element that is not a <storage/>:
+    what is valid moves up to the limit, the bad element alone is skipped."""
+    async with ModuleHarness.started(tmp_path, modules_enabled=BASE) as h:
+        old = await h.connect("alice@localhost/old")
+        body = storage(rooms(7) + "<url name='u' url='https://u.example/'/>") + (
+            f"<other xmlns='{LEGACY}'/>"
+        )
+        await h.send(old, private("set", body))
+        assert h.take_one(old).get("type") == "result"
+        await h.load(FakePep)
+        await h.load(Bookmarks, Bookmarks.Options(pep_max_items=5))
+        env = Env(h, await h.connect("alice@localhost/new"), [])
+        got = await items(env)
+        assert list(got) == [f"r{i}@muc.localhost" for i in range(5)]
+        found = await legacy_get(env)
+        assert len(conferences(found)) == 5
+        assert found.find(f"{{{LEGACY}}}url") is not None
+
+
+async def test_others_changes_during_a_bookmarks_write_are_not_swallowed(fake_env: Env) -> None:
+    """Only the module's own writes are its echo: a Bookmarks 2 client publishing while the
+    module writes the legacy node still gets the legacy node updated."""
+
+    async def other_client(req: ev.PepRequest) -> None:
+        if req.node == LEGACY and fake_pep(fake_env).during is not None:
+            fake_pep(fake_env).during = None
+            await pep(fake_env, "publish", "other@muc.localhost", f"<conference xmlns='{B2}'/>")
+
+    fake_pep(fake_env).during = other_client
+    await legacy_set(fake_env, "<conference jid='a@muc.localhost'/>")
+    assert set(conferences(await legacy_node(fake_env))) == {
+        "a@muc.localhost",
+        "other@muc.localhost",
+    }
+
+
+async def test_a_legacy_publish_during_a_bookmarks_write_is_applied(fake_env: Env) -> None:
+    """Another legacy PEP client publishes while the module writes an item: its list is
+    applied too, not taken for the module's echo."""
+
+    async def other_client(req: ev.PepRequest) -> None:
+        if req.node == B2 and fake_pep(fake_env).during is not None:
+            fake_pep(fake_env).during = None
+            both = "<conference jid='a@muc.localhost'/><conference jid='b@muc.localhost'/>"
+            await pep(fake_env, "publish", "current", storage(both), node=LEGACY)
+
+    fake_pep(fake_env).during = other_client
+    await legacy_set(fake_env, "<conference jid='a@muc.localhost'/>")
+    assert set(await items(fake_env)) == {"a@muc.localhost", "b@muc.localhost"}
+    assert set(conferences(await legacy_node(fake_env))) == {"a@muc.localhost", "b@muc.localhost"}
+
+
+async def test_a_legacy_publish_that_matches_the_items_is_not_echoed(env: Env) -> None:
+    await legacy_set(env, "<conference jid='a@muc.localhost' autojoin='false'/>")
+    node = etree.tostring(await legacy_node(env)).decode()
+    env.changes.clear()
+    await pep(env, "publish", "current", node, node=LEGACY)
+    assert legacy_node_changes(env) == [("publish", "current")]
+    assert b2_changes(env) == []
+
+
+async def test_a_stale_legacy_node_does_not_retract(tmp_path: Path) -> None:
+    """The legacy node could not be updated (configured open): a client publishing the old
+    list there plus a new room adds it, and retracts nothing it never saw."""
+    async with real(tmp_path) as env:
+        req = ev.PepRequest(
+            ALICE, LEGACY, "publish", "current", etree.fromstring(storage("")),
+            {"pubsub#access_model": ["open"]},
+        )  # fmt: skip
+        assert await env.h.host().bus.chain(ev.PEP_REQUEST, req)
+        assert req.error is None
+        assert (await legacy_set(env, "<conference jid='a@muc.localhost'/>")).get("type") == (
+            "result"
+        )
+        assert conferences(await legacy_node(env)) == {}  # out of step
+        await pep(
+            env, "publish", "current", storage("<conference jid='new@muc.localhost'/>"), node=LEGACY
+        )
+        assert set(await items(env)) == {"a@muc.localhost", "new@muc.localhost"}
+
+
+async def test_a_legacy_view_too_large_leaves_the_node_out_of_step(tmp_path: Path) -> None:
+    async with fake(tmp_path, Bookmarks.Options(max_size=1000)) as env:
+        await legacy_set(env, "<conference jid='a@muc.localhost'/>")
+        assert list(conferences(await legacy_node(env))) == ["a@muc.localhost"]
+        big = "x" * 600
+        await pep(env, "publish", "b@muc.localhost", f"<conference xmlns='{B2}' name='{big}'/>")
+        await pep(env, "publish", "c@muc.localhost", f"<conference xmlns='{B2}' name='{big}'/>")
+        # The node still holds [a]: a client publishing it back must not retract b and c.
+        await pep(
+            env,
+            "publish",
+            "current",
+            storage(rooms(0) + "<conference jid='a@muc.localhost'/>"),
+            node=LEGACY,
+        )
+        assert set(await items(env)) == {"a@muc.localhost", "b@muc.localhost", "c@muc.localhost"}
+        # A legacy write that would make the view larger still is refused; a smaller one not.
+        kept = "".join(f"<conference jid='{j}@muc.localhost' name='{big}'/>" for j in "bc")
+        reply = await legacy_set(
+            env, f"<conference jid='a@muc.localhost'/>{kept}<conference jid='d@muc.localhost'/>"
+        )
+        assert error_condition(reply) == "not-acceptable"
+        assert (await legacy_set(env, "<conference jid='a@muc.localhost'/>")).get("type") == (
+            "result"
+        )
+        assert list(await items(env)) == ["a@muc.localhost"]
+        assert list(conferences(await legacy_node(env))) == ["a@muc.localhost"]  # in step
+
+
+async def test_a_room_id_pep_cannot_store_fails_before_any_publish(env: Env) -> None:
+    long_room = f"{'l' * 300}@muc.localhost"
+    reply = await legacy_set(
+        env, f"<conference jid='a@muc.localhost'/><conference jid='{long_room}'/>"
+    )
+    assert error_condition(reply) == "not-acceptable"
+    assert await items(env) == {}
+    assert b2_changes(env) == []
+
+
+async def test_a_pep_refusal_half_way_undoes_the_write(fake_env: Env) -> None:
+    await legacy_set(
+        fake_env, "<conference jid='a@muc.localhost' name='A'/><conference jid='z@muc.localhost'/>"
+    )
+    fake_pep(fake_env).fail = lambda req: (
+        StanzaError("not-acceptable", "quota") if req.item_id == "c@muc.localhost" else None
+    )
+    reply = await legacy_set(
+        fake_env,
+        "<conference jid='a@muc.localhost' name='A2'/><conference jid='b@muc.localhost'/>"
+        "<conference jid='c@muc.localhost'/>",
+    )
+    assert error_condition(reply) == "not-acceptable"
+    got = await items(fake_env)
+    assert set(got) == {"a@muc.localhost", "z@muc.localhost"}
+    assert got["a@muc.localhost"].get("name") == "A"
+    assert set(conferences(await legacy_node(fake_env))) == {"a@muc.localhost", "z@muc.localhost"}
+
+
+async def test_a_node_configured_otherwise_changes_nothing(tmp_path: Path) -> None:
+    """XEP-0060 §7.1.5: the publish-options precondition fails on a Bookmarks 2 node with
+    another configuration; the legacy write is refused with it and nothing changed."""
+    async with real(tmp_path) as env:
+        open_req = ev.PepRequest(
+            ALICE, B2, "publish", "a@muc.localhost", etree.fromstring(f"<conference xmlns='{B2}'/>"),
+            {**REQUIRED_OPTIONS, "pubsub#access_model": ["open"]},
+        )  # fmt: skip
+        assert await env.h.host().bus.chain(ev.PEP_REQUEST, open_req)
+        assert open_req.error is None
+        env.changes.clear()
+        reply = await legacy_set(env, "<conference jid='b@muc.localhost'/>")
+        assert error_condition(reply) == "conflict"
+        assert list(await items(env)) == ["a@muc.localhost"]
+        assert b2_changes(env) == []
+        assert list(conferences(await legacy_get(env))) == ["a@muc.localhost"]
+
+
+async def test_migration_skips_refused_items_and_is_done_once(tmp_path: Path) -> None:
+    async with ModuleHarness.started(tmp_path, modules_enabled=BASE) as h:
+        old = await h.connect("alice@localhost/old")
+        await h.send(old, private("set", storage(rooms(3))))
+        assert h.take_one(old).get("type") == "result"
+        fake_module = await h.load(FakePep)
+        assert isinstance(fake_module, FakePep)
+        fake_module.fail = lambda req: (
+            StanzaError("not-acceptable") if req.item_id == "r1@muc.localhost" else None
+        )
+        await h.load(Bookmarks)
+        env = Env(h, await h.connect("alice@localhost/new"), [])
+        assert list(await items(env)) == ["r0@muc.localhost", "r2@muc.localhost"]
+        fake_module.fail = None
+        await legacy_set(env, "")
+        await h.connect("alice@localhost/third")
+        assert await items(env) == {}
+
+
+async def test_migration_onto_a_node_configured_otherwise_keeps_legacy_access(
+    tmp_path: Path,
+) -> None:
+    """A precondition failure leaves the migration to be tried again (once the node is
+    reconfigured) and does not block storage:bookmarks gets."""
+    async with ModuleHarness.started(tmp_path, modules_enabled=BASE) as h:
+        old = await h.connect("alice@localhost/old")
+        await h.send(old, private("set", storage(rooms(2))))
+        assert h.take_one(old).get("type") == "result"
+        fake_module = await h.load(FakePep)
+        assert isinstance(fake_module, FakePep)
+        fake_module.fail = lambda req: (
+            StanzaError("conflict") if req.node == B2 and req.action == "publish" else None
+        )
+        await h.load(Bookmarks)
+        env = Env(h, await h.connect("alice@localhost/new"), [])
+        assert await items(env) == {}
+        assert conferences(await legacy_get(env)) == {}
+        fake_module.fail = None
+        await h.connect("alice@localhost/third")
+        assert list(await items(env)) == ["r0@muc.localhost", "r1@muc.localhost"]
+
+
+async def test_a_mixed_set_the_private_module_refuses_changes_no_bookmark(env: Env) -> None:
+    big = "x" * 70000
+    body = (
+        storage("<conference jid='a@muc.localhost'/>") + f"<big xmlns='urn:example:b' v='{big}'/>"
+    )
+    await env.h.send(env.alice, private("set", body))
+    assert error_condition(env.h.take_one(env.alice)) == "not-acceptable"
+    assert await items(env) == {}
+    assert b2_changes(env) == []
+
+
+async def test_rooms_differing_in_case_appear_once_and_write_back(env: Env) -> None:
+    await pep(env, "publish", "Room@muc.localhost", f"<conference xmlns='{B2}' name='1'/>")
+    await pep(env, "publish", "room@muc.localhost", f"<conference xmlns='{B2}' name='2'/>")
+    found = await legacy_get(env)
+    assert list(conferences(found)) == ["room@muc.localhost"]
+    body = "".join(etree.tostring(c).decode() for c in found)
+    assert (await legacy_set(env, body)).get("type") == "result"
+    assert set(await items(env)) == {"Room@muc.localhost", "room@muc.localhost"}
+
+
+async def test_text_after_a_kept_element_is_not_kept(env: Env) -> None:
+    await legacy_set(env, "<url name='u' url='https://u.example/'/>junk")
+    found = await legacy_get(env)
+    assert found.find(f"{{{LEGACY}}}url") is not None
+    assert "junk" not in etree.tostring(found).decode()
+
+
+async def test_a_legacy_node_list_beyond_the_limit_is_not_applied(tmp_path: Path) -> None:
+    """Already stored by PEP, it cannot be refused: the items stay as they were and the
+    legacy node is brought back to them."""
+    async with fake(tmp_path, Bookmarks.Options(pep_max_items=2)) as env:
+        await legacy_set(env, "<conference jid='a@muc.localhost'/>")
+        await pep(env, "publish", "current", storage(rooms(3)), node=LEGACY)
+        assert list(await items(env)) == ["a@muc.localhost"]
+        assert list(conferences(await legacy_node(env))) == ["a@muc.localhost"]

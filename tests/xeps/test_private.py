@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from tests.helpers.harness import ModuleHarness, error_condition
 from xmppd.session import Session
@@ -165,3 +166,31 @@ async def test_namespace_count_is_limited(tmp_path: Path) -> None:
         assert h.take_one(alice).get("type") == "result"  # replacing is fine
         await h.send(alice, private("set", "<d xmlns='urn:n2'/>"))
         assert error_condition(h.take_one(alice)) == "not-acceptable"
+
+
+async def test_text_after_an_element_is_not_stored(h: ModuleHarness, alice: Session) -> None:
+    """Only the element is the namespace's data: text after it would make it unreadable."""
+    await h.send(alice, private("set", "<a xmlns='urn:example:x'><b/></a>junk"))
+    assert h.take_one(alice).get("type") == "result"
+    await h.send(alice, private("get", "<a xmlns='urn:example:x'/>"))
+    reply = h.take_one(alice)
+    assert reply.find(f"{QUERY}/{{urn:example:x}}a/{{urn:example:x}}b") is not None
+    assert "junk" not in etree.tostring(reply).decode()
+
+
+async def test_rows_stored_with_text_after_them_are_still_read(
+    h: ModuleHarness, alice: Session
+) -> None:
+    module = h.host().modules["private"]
+    store = module.ctx.keyvalue("private")
+    await store.set(
+        "alice",
+        "urn:example:x",
+        ["<a xmlns='urn:example:x'><b/></a>junk", "<c xmlns='urn:example:x'/>more"],
+    )
+    await h.send(alice, private("get", "<a xmlns='urn:example:x'/>"))
+    query = h.take_one(alice).find(QUERY)
+    assert query is not None
+    assert [etree.QName(c).localname for c in query] == ["a", "c"]
+    assert query[0].find("{urn:example:x}b") is not None
+    assert "junk" not in etree.tostring(query).decode()
