@@ -6,6 +6,11 @@ returns: broadcasts with one ``send_many`` each, single stanzas with ``send``. P
 are saved on every change (``persistence.py``) and restored on load; temporary rooms vanish
 when their last occupant leaves.
 
+Each room incarnation (a room created anew, even under a name used before) has its own
+archive, keyed by an incarnation id kept here (``self.incarnations``) and in the room's
+record: a destroyed room's archive is deleted in the background and never served to a
+successor; archives left behind (a crash, a temporary room) are deleted on the next start.
+
 Also: XEP-0410 self-ping (answered by the room), XEP-0421 occupant ids, XEP-0249 direct
 invitations (client to client: nothing here blocks them), XEP-0313 room archives through
 ``archive.py`` (when that module part is present), with XEP-0359 stanza ids on broadcasts.
@@ -13,6 +18,7 @@ invitations (client to client: nothing here blocks them), XEP-0313 room archives
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass
@@ -30,7 +36,16 @@ from xmppd.ns import NS_DISCO_INFO, NS_DISCO_ITEMS
 from xmppd.stanza import error_reply, iq_result
 
 from .config import RoomConfig, roominfo_form
-from .persistence import delete_room, load_rooms, save_room, service_secret
+from .persistence import (
+    delete_room,
+    forget_archive,
+    load_rooms,
+    new_incarnation,
+    register_archive,
+    registered_archives,
+    save_room,
+    service_secret,
+)
 from .room import (
     NS_ADMIN,
     NS_FASTEN,
@@ -121,10 +136,20 @@ class Muc(Module):
                 service.every(EXPIRE_PERIOD, self._expire)
         self.secret = await service_secret(self.store)
         self.rooms: dict[str, Room] = {}
-        for room in await load_rooms(self.store, self.domain, self.secret, self.limits):
+        self.incarnations: dict[str, str] = {}  # room local part -> archive incarnation id
+        self._cleanups: set[asyncio.Task[None]] = set()
+        for room, incarnation in await load_rooms(
+            self.store, self.domain, self.secret, self.limits
+        ):
+            local = room.jid.local or ""
             room.archiving_available = self.archive is not None
+            self.incarnations[local] = incarnation
             await self._refill(room)
-            self.rooms[room.jid.local or ""] = room
+            self.rooms[local] = room
+        live = set(self.incarnations.values())
+        for jid, incarnation in await registered_archives(self.store):
+            if incarnation not in live:  # its room is gone: a crash, or a temporary room
+                self._remove_archive(jid, incarnation)
 
         service.add_identity(Identity("conference", "text", o.service_name))
         for var in (
@@ -157,6 +182,30 @@ class Muc(Module):
                     await self.service.send(out.element)
                 elif out.recipients:  # an occupant with several sessions
                     await self.service.send_many(out.element, out.recipients)
+        await self.cleaned()
+
+    def _remove_archive(self, room: JID, incarnation: str) -> None:
+        """Delete the archive of a gone room incarnation in the background (then forget it)."""
+
+        async def remove() -> None:
+            archive = self.archive
+            if archive is None:
+                return  # no archives here: keep the note for a start that has them
+            try:
+                await archive.remove(room, incarnation=incarnation)
+                if incarnation:
+                    await forget_archive(self.store, incarnation)
+            except Exception:  # retried on the next start (the note stays)
+                self.service.log.exception("deleting the archive of %s failed", room)
+
+        task = asyncio.get_running_loop().create_task(remove())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def cleaned(self) -> None:
+        """Wait for the archive deletions under way (shutdown, tests)."""
+        while self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     async def _expire(self) -> None:
         """Drop archived messages older than archive_max_age_days."""
@@ -168,7 +217,11 @@ class Muc(Module):
         if self.archive is None or not room.archiving or room.config.history_length <= 0:
             return
         try:
-            entries = await self.archive.last(room.jid, room.config.history_length)
+            entries = await self.archive.last(
+                room.jid,
+                room.config.history_length,
+                incarnation=self.incarnations.get(room.jid.local or "", ""),
+            )
         except Exception:
             self.service.log.exception("reading the history of %s failed", room.jid)
             return
@@ -178,13 +231,15 @@ class Muc(Module):
     async def _run(self, room: Room, result: Result) -> None:
         """Archive, send, save and forget, as the room asked."""
         local = room.jid.local or ""
-        removed_at = time.time()
-        if result.gone and self.rooms.get(local) is room:
+        current = self.rooms.get(local) is room
+        incarnation = self.incarnations.get(local, "") if current else None
+        if result.gone and current:
             del self.rooms[local]  # at once: nobody may enter it while the sends are awaited
+            del self.incarnations[local]
         for out in result.out:
             element = out.element
-            if out.archive and self.archive is not None:
-                archive_id = self.archive.append(room.jid, element)
+            if out.archive and self.archive is not None and incarnation is not None:
+                archive_id = self.archive.append(room.jid, element, incarnation=incarnation)
                 stamp = etree.SubElement(element, STANZA_ID, nsmap={None: NS_SID})
                 stamp.set("by", str(room.jid))
                 stamp.set("id", archive_id)
@@ -192,18 +247,15 @@ class Muc(Module):
                 await self.service.send(element)
             elif out.recipients:
                 await self.service.send_many(element, out.recipients)
-        if result.gone:
+        if result.gone and incarnation is not None:
             successor = self.rooms.get(local)
             if successor is not None:  # a new room of that name: its record, not the old one
-                await save_room(self.store, successor)
+                await save_room(self.store, successor, self.incarnations.get(local, ""))
             else:
                 await delete_room(self.store, room.jid)
-            if self.archive is not None:
-                await self.archive.remove(
-                    room.jid, removed_at=removed_at, successor=lambda: local in self.rooms
-                )
+            self._remove_archive(room.jid, incarnation)
         elif result.save and self.rooms.get(local) is room:
-            await save_room(self.store, room)
+            await save_room(self.store, room, self.incarnations.get(local, ""))
 
     def _room(self, to: JID) -> Room:
         room = self.rooms.get(to.local or "")
@@ -232,7 +284,11 @@ class Muc(Module):
                 raise StanzaError("not-allowed", "you own too many rooms here")
             room = self._new_room(to, stanza.from_)
             result = room.presence(stanza.element, stanza.from_, nick, time.time())
+            incarnation = new_incarnation()
             self.rooms[to.local or ""] = room
+            self.incarnations[to.local or ""] = incarnation
+            if self.archive is not None:  # noted before anything is archived in it
+                await register_archive(self.store, room.jid, incarnation)
             await self._run(room, result)
             return True
         await self._run(room, room.presence(stanza.element, stanza.from_, nick, time.time()))
@@ -373,8 +429,11 @@ class Muc(Module):
             raise StanzaError("service-unavailable", "this room is not archived")
         if not room.may_read_archive(from_):
             raise StanzaError("forbidden", "you may not read this room's archive")
+        incarnation = self.incarnations.get(room.jid.local or "", "")
         try:
-            payload = await self.archive.query(room.jid, element, self.service.send)
+            payload = await self.archive.query(
+                room.jid, element, self.service.send, incarnation=incarnation
+            )
         except StanzaError as err:
             await self.service.send(error_reply(element, err))
             return
@@ -399,8 +458,9 @@ class Muc(Module):
         if not target:
             raise StanzaError("bad-request", "which message? (its stanza id)")
         original = room.history_message(target)
+        incarnation = self.incarnations.get(room.jid.local or "", "")
         if self.archive is not None and _archive_mod is not None:
-            item = await self.archive.store.find(str(room.jid), target)
+            item = await self.archive.find(room.jid, target, incarnation=incarnation)
             if item is not None and original is None:
                 original = etree.fromstring(item.value.encode())
             if original is not None:
@@ -410,7 +470,7 @@ class Muc(Module):
                     moderator_occupant_id=moderator.occupant_id,
                     reason=reason,
                 )
-                await self.archive.retract(room.jid, target, tombstone)
+                await self.archive.retract(room.jid, target, tombstone, incarnation=incarnation)
         if original is None or self.rooms.get(room.jid.local or "") is not room:
             raise StanzaError("item-not-found", "no such message")  # or the room went meanwhile
         await self.service.send(iq_result(element, None))

@@ -1,16 +1,21 @@
 """XEP-0313: Message Archive Management — MUC room archives, with XEP-0425 tombstones.
 
-One archive per room, keyed by the room's bare JID in one `ArchiveStore`. MUC decides what is
-archived and who may query; this class stores, pages and answers. The query machinery is
-`xmppd.lib.mam`, shared with the user archives.
+One archive per room incarnation in one `ArchiveStore`: the owner key is the room's bare JID
+plus the incarnation id MUC made when it created the room ("<room> <id>"; a space is in no
+JID), so a room re-created under the same name never reads its predecessor's archive, which
+MUC deletes in the background. Incarnation "" is the key of archives made before incarnations
+(the bare JID). MUC decides what is archived and who may query; this class stores, pages and
+answers. The query machinery is `xmppd.lib.mam`, shared with the user archives.
 
 - Entries: the groupchat message as broadcast ('from' = room@service/nick, no 'to', any
   XEP-0421 <occupant-id/>, no muc#user <x/>: XEP-0313 §"MUC message spoofing"), filed under
-  the room's bare JID, with a XEP-0359 id made here (string-sortable, unpredictable) that MUC
-  stamps as <stanza-id by='room'/>: the archive id.
+  its 'from' (the occupant JID), with a XEP-0359 id made here (string-sortable,
+  unpredictable) that MUC stamps as <stanza-id by='room'/>: the archive id.
 - 'with' (§"Filtering by JID"): the room's bare JID matches everything, an occupant JID
-  (room@service/nick) that nick's messages. Real JIDs are never stored here, so 'with'
-  cannot reveal one in a semi-anonymous room.
+  (room@service/nick) that nick's messages, through the store's own filter (an archive of
+  incarnation "" may hold entries filed under the bare JID: there the stored messages are
+  read, within `xmppd.lib.mam.MAX_SCAN` rows a query). Real JIDs are never stored here, so
+  'with' cannot reveal one in a semi-anonymous room.
 - Results come from the room's bare JID, forwarded with a <delay/> of the archiving time;
   <fin/> with complete and RSM first/last/count as for user archives.
 - XEP-0425 moderation: the store has no in-place update, so a retraction writes the tombstone
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,7 +44,6 @@ from xmppd.lib.delay import format_stamp
 from xmppd.lib.mam import (
     NS_MAM,
     NS_MAM_EXTENDED,
-    Page,
     build_fin,
     find_page,
     parse_query,
@@ -59,6 +64,7 @@ __all__ = [
     "NS_OCCUPANT_ID",
     "NS_RETRACT",
     "RoomArchive",
+    "archive_key",
     "make_tombstone",
 ]
 
@@ -123,7 +129,10 @@ def _as_archived(message: etree._Element) -> etree._Element:
     return stored
 
 
-REMOVE_BATCH = 500  # entries deleted at once when a destroyed room's archive is trimmed
+def archive_key(room: JID, incarnation: str = "") -> str:
+    """The store owner key of the archive of `room`'s incarnation `incarnation`."""
+    bare = str(room.bare)
+    return f"{bare} {incarnation}" if incarnation else bare
 
 
 class RoomArchive:
@@ -151,7 +160,7 @@ class RoomArchive:
         self._pending: asyncio.Future[str] | None = None  # the last write issued
 
     # --- writing -------------------------------------------------------------------------
-    def append(self, room: JID, message: etree._Element) -> str:
+    def append(self, room: JID, message: etree._Element, *, incarnation: str = "") -> str:
         """Archive a groupchat message as broadcast: 'from' = room@service/nick, type
         groupchat, no 'to', carrying any <occupant-id/>. Synchronous (append_nowait): returns
         the archive id, which MUC adds as <stanza-id xmlns='urn:xmpp:sid:0' by='room@service'
@@ -160,11 +169,12 @@ class RoomArchive:
 
         A storage failure is logged: the message goes out, unarchived.
         """
-        owner = str(room.bare)
+        owner = archive_key(room, incarnation)
         id_ = self._ids.next()
         text = serialize(_as_archived(message)).decode()
+        sender = message.get("from") or str(room.bare)
         try:
-            future = self.store.append_nowait(owner, text, with_jid=owner, id=id_)
+            future = self.store.append_nowait(owner, text, with_jid=sender, id=id_)
         except StorageError:
             self.log.exception("archiving a message of %s failed", owner)
             return id_
@@ -183,14 +193,28 @@ class RoomArchive:
             with contextlib.suppress(StorageError, asyncio.CancelledError):
                 await asyncio.shield(pending)
 
-    async def retract(self, room: JID, archive_id: str, tombstone: etree._Element) -> bool:
+    async def find(
+        self, room: JID, archive_id: str, *, incarnation: str = ""
+    ) -> ArchiveItem | None:
+        """The archived entry `archive_id` of the room (None if there is none)."""
+        await self.settled()
+        return await self.store.find(archive_key(room, incarnation), archive_id)
+
+    async def retract(
+        self,
+        room: JID,
+        archive_id: str,
+        tombstone: etree._Element,
+        *,
+        incarnation: str = "",
+    ) -> bool:
         """XEP-0425 moderation: replace the archived message `archive_id` by `tombstone` (a message
         element without body, carrying the <retracted/> marker); False if no such message.
 
         A message retracted before keeps its first tombstone (True). Any <body/> left in
         `tombstone` is dropped, so the content cannot leak through it.
         """
-        owner = str(room.bare)
+        owner = archive_key(room, incarnation)
         await self.settled()
         item = await self.store.find(owner, archive_id)
         if item is None:
@@ -206,27 +230,12 @@ class RoomArchive:
         )
         return True
 
-    async def remove(
-        self,
-        room: JID,
-        *,
-        removed_at: float | None = None,
-        successor: Callable[[], bool] = lambda: False,
-    ) -> None:
-        """Delete a destroyed room's archive. When a new room of that name exists by then
-        (`successor()`, asked right before each deletion is queued), only the old room's
-        entries go (those up to `removed_at`, default now): the new room's stay, and the old
-        ones do not leak to it."""
-        owner = str(room.bare)
-        if removed_at is None:
-            removed_at = time.time()
+    async def remove(self, room: JID, *, incarnation: str = "") -> None:
+        """Delete the archive of a room incarnation (and its tombstones)."""
+        owner = archive_key(room, incarnation)
         await self.settled()
         for user in (owner, _tombstones_of(owner)):
-            if not successor():
-                await self.store.delete_user(user)
-                continue
-            while batch := await self.store.items(user, end=removed_at, limit=REMOVE_BATCH):
-                await self.store.remove(user, [item.key for item in batch])
+            await self.store.delete_user(user)
 
     async def expire(self) -> int:
         """Remove entries older than ``max_age_days`` in every room (0: keep them forever);
@@ -257,6 +266,8 @@ class RoomArchive:
         room: JID,
         iq: etree._Element,
         send: Callable[[etree._Element], Awaitable[None]],
+        *,
+        incarnation: str = "",
     ) -> etree._Element | None:
         """Answer an IQ addressed to the room's bare JID in urn:xmpp:mam:2.
 
@@ -270,7 +281,7 @@ class RoomArchive:
             raise StanzaError("bad-request", "expected a urn:xmpp:mam:2 payload")
         name = etree.QName(payload).localname
         type_ = iq.get("type")
-        owner = str(room.bare)
+        owner = archive_key(room, incarnation)
         if type_ == "get" and name == "query":
             return query_form()
         if type_ == "get" and name == "metadata":
@@ -283,25 +294,32 @@ class RoomArchive:
             raise StanzaError("bad-request", "a query needs a 'from' to send results to")
         query = parse_query(payload)
         await self.settled()
+        bare = room.bare
+
+        def filing(with_jid: JID) -> tuple[str | None, bool]:
+            if with_jid == bare:
+                return None, False
+            if with_jid.bare == bare and not incarnation:  # may hold entries filed by bare JID
+                return None, True
+            return str(with_jid), False
+
         page = await find_page(
             self.store,
             owner,
             query,
             page_size=self.page_size,
             max_page_size=self.max_page_size,
+            filing=filing,
         )
-        page = Page(
-            await self._with_tombstones(owner, page.items),
-            page.complete,
-            page.first_index,
-            page.count,
-        )
+        page = dataclasses.replace(page, items=await self._with_tombstones(owner, page.items))
         to = JID.parse(requester)
         for item in sent_order(page, query):
             await send(result_message(item, query.queryid, room.bare, to, self.log))
         return build_fin(page)
 
-    async def last(self, room: JID, count: int) -> list[tuple[etree._Element, datetime]]:
+    async def last(
+        self, room: JID, count: int, *, incarnation: str = ""
+    ) -> list[tuple[etree._Element, datetime]]:
         """The newest `count` archived messages of the room, oldest first, with their timestamps
         (MUC refills its in-memory discussion history from this after a restart).
 
@@ -310,7 +328,7 @@ class RoomArchive:
         left out (XEP-0425 §"Business Rules": no further distribution); so are entries that
         cannot be read.
         """
-        owner = str(room.bare)
+        owner = archive_key(room, incarnation)
         found: list[tuple[etree._Element, datetime]] = []
         if count <= 0:
             return found

@@ -1,8 +1,12 @@
 """XEP-0045 §10.2 persistent rooms: room <-> KeyValueStore records, and the service secret.
 
 Layout in the service host's "rooms" key-value store (user "" = service-wide):
-``("", "room/<localpart>")`` -> the room's `Room.state()`, and ``("", "secret")`` -> the
-XEP-0421 occupant-id secret (hex), made once so that occupant ids survive restarts.
+``("", "room/<localpart>")`` -> the room's `Room.state()` plus ``"archive"``: the room's
+archive incarnation id (none in records made before incarnations: the archive keyed by the
+bare JID), ``("", "archive/<id>")`` -> the room JID of every incarnation whose archive may
+exist (written when the room is created, removed once its archive is deleted: what is left
+on startup belongs to no room and is deleted), and ``("", "secret")`` -> the XEP-0421
+occupant-id secret (hex), made once so that occupant ids survive restarts.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from .config import RoomConfig
 from .room import Limits, Room
 
 ROOM_PREFIX = "room/"
+ARCHIVE_PREFIX = "archive/"
+INCARNATION = "archive"  # the field of a room record holding its archive incarnation id
 SECRET_KEY = "secret"  # noqa: S105 - a store key, not a password
 
 
@@ -32,11 +38,20 @@ async def service_secret(store: KeyValueStore) -> bytes:
     return secret
 
 
-async def save_room(store: KeyValueStore, room: Room) -> None:
-    """Store a persistent room's state, or forget a room that is no longer persistent."""
+def new_incarnation() -> str:
+    """A fresh archive incarnation id."""
+    return secrets.token_hex(8)
+
+
+async def save_room(store: KeyValueStore, room: Room, incarnation: str = "") -> None:
+    """Store a persistent room's state and archive incarnation, or forget a room that is no
+    longer persistent."""
     key = ROOM_PREFIX + (room.jid.local or "")
     if room.config.persistent and not room.locked:
-        await store.set("", key, room.state())  # type: ignore[arg-type]
+        state = room.state()
+        if incarnation:
+            state[INCARNATION] = incarnation
+        await store.set("", key, state)  # type: ignore[arg-type]
     else:
         await store.delete("", key)
 
@@ -48,8 +63,9 @@ async def delete_room(store: KeyValueStore, room: JID) -> None:
 
 async def load_rooms(
     store: KeyValueStore, service: str, secret: bytes, limits: Limits
-) -> list[Room]:
-    """Every stored room of the service (records that cannot be read are skipped)."""
+) -> list[tuple[Room, str]]:
+    """Every stored room of the service with its archive incarnation ("" for a record that
+    has none); records that cannot be read are skipped."""
     rooms = []
     for key in await store.keys(""):
         if not key.startswith(ROOM_PREFIX):
@@ -63,5 +79,35 @@ async def load_rooms(
             continue
         room = Room(jid, RoomConfig(), secret, limits=limits)
         room.restore(state)
-        rooms.append(room)
+        incarnation = state.get(INCARNATION)
+        rooms.append((room, incarnation if isinstance(incarnation, str) else ""))
     return rooms
+
+
+async def register_archive(store: KeyValueStore, room: JID, incarnation: str) -> None:
+    """Note that the archive of `room`'s incarnation may exist (deleted if orphaned)."""
+    await store.set("", ARCHIVE_PREFIX + incarnation, str(room.bare))
+
+
+async def forget_archive(store: KeyValueStore, incarnation: str) -> None:
+    """The archive of this incarnation is gone."""
+    await store.delete("", ARCHIVE_PREFIX + incarnation)
+
+
+async def registered_archives(store: KeyValueStore) -> list[tuple[JID, str]]:
+    """Every (room JID, incarnation) whose archive may exist."""
+    found = []
+    for key in await store.keys(""):
+        if not key.startswith(ARCHIVE_PREFIX):
+            continue
+        value = await store.get("", key)
+        try:
+            jid = JID.parse(value) if isinstance(value, str) else None
+        except JIDError:
+            jid = None
+        incarnation = key[len(ARCHIVE_PREFIX) :]
+        if jid is None or not incarnation:
+            await store.delete("", key)
+            continue
+        found.append((jid, incarnation))
+    return found

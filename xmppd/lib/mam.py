@@ -7,8 +7,13 @@ payloads: the query form, <metadata/>, the <result><forwarded><delay/>…</forwa
 messages and the <fin/>.
 
 Archive ids are the entries' external ids when they have one (XEP-0359 stanza ids), else the
-store keys. Entries are filed under a bare JID (``with_jid``); a full-JID 'with' filter reads
-the stored messages' 'from' and 'to' (§4.1.1).
+store keys. User archives file entries under a bare JID (``with_jid``): a full-JID 'with'
+filter then reads the stored messages' 'from' and 'to' (§4.1.1). That scan reads at least
+`SCAN_CHUNK` rows per store call and at most `MAX_SCAN` rows per query: when it stops early,
+the page holds what was found (XEP-0059 §2.1: possibly fewer than <max/>), <fin/> is not
+complete and its RSM <last/> (<first/> when paging backward) names the last row scanned, so
+the client pages on from there. RSM <index/> is refused on that path. A module that files
+entries under full JIDs (room archives) says so with `find_page`'s ``filing``.
 """
 
 from __future__ import annotations
@@ -33,14 +38,18 @@ __all__ = [
     "FLIP_PAGE",
     "MAX_IDS",
     "MAX_QUERYID",
+    "MAX_SCAN",
     "METADATA",
     "NS_FORWARD",
     "NS_MAM",
     "NS_MAM_EXTENDED",
     "QUERY",
     "RESULT",
+    "SCAN_CHUNK",
+    "Filing",
     "Page",
     "Query",
+    "bare_filing",
     "build_fin",
     "build_metadata",
     "find_page",
@@ -65,6 +74,8 @@ FLIP_PAGE = f"{{{NS_MAM}}}flip-page"
 
 MAX_IDS = 256  # ids in one 'ids' field
 MAX_QUERYID = 256
+MAX_SCAN = 10_000  # rows a full-JID 'with' query reads at most (default of find_page's max_scan)
+SCAN_CHUNK = 100  # rows such a query reads at least per store call
 KNOWN_FIELDS = frozenset({"with", "start", "end", "before-id", "after-id", "ids"})
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 _log = logging.getLogger(__name__)
@@ -94,12 +105,17 @@ class Page:
         complete: whether the page is the last one in the paging direction (§4.3).
         first_index: the RSM index of the first entry (None when not known).
         count: the size of the whole result set (None when not known).
+        first_id: RSM <first/> when it is not the first entry's id (a scan that stopped early
+            backward names the last row it read).
+        last_id: RSM <last/> likewise, for a scan that stopped early forward.
     """
 
     items: list[ArchiveItem]
     complete: bool
     first_index: int | None
     count: int | None
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 def parse_query(payload: etree._Element) -> Query:
@@ -263,10 +279,12 @@ def build_fin(page: Page) -> etree._Element:
     if page.complete:
         fin.set("complete", "true")
     items = page.items
+    first = page.first_id or (public_id(items[0]) if items else None)
+    last = page.last_id or (public_id(items[-1]) if items else None)
     fin.append(
         build_set(
-            public_id(items[0]) if items else None,
-            public_id(items[-1]) if items else None,
+            first or last,
+            last or first,
             first_index=page.first_index,
             count=page.count,
         )
@@ -289,6 +307,17 @@ def _min_key(a: str | None, b: str) -> str:
     return b if a is None or int(b) < int(a) else a
 
 
+Filing = Callable[[JID], tuple[str | None, bool]]
+"""How an archive files its entries: for a query's 'with' JID, the store's ``with_jid`` filter
+(None: every entry) and whether the stored messages must be read for an exact full-JID
+match."""
+
+
+def bare_filing(with_jid: JID) -> tuple[str | None, bool]:
+    """User archives: entries filed under bare JIDs, a full JID read from the messages."""
+    return str(with_jid.bare), with_jid.resource is not None
+
+
 async def find_page(
     store: ArchiveStore,
     owner: str,
@@ -296,6 +325,8 @@ async def find_page(
     *,
     page_size: int,
     max_page_size: int,
+    filing: Filing = bare_filing,
+    max_scan: int = MAX_SCAN,
 ) -> Page:
     """The page of the archive of `owner` that `query` asks for.
 
@@ -305,11 +336,16 @@ async def find_page(
         query: the parsed query.
         page_size: results when the query gives no RSM <max/>.
         max_page_size: results at most (a larger <max/> is capped).
+        filing: how entries are filed (the store filter for a 'with' JID).
+        max_scan: rows a query that reads the stored messages reads at most.
 
     Raises:
         StanzaError: item-not-found for an unknown id (after-id, before-id, ids, RSM
-            after/before); feature-not-implemented for an RSM index too far away.
+            after/before); feature-not-implemented for an RSM index too far away, or on a
+            query that reads the stored messages.
     """
+    if max_scan < 1:
+        raise ValueError("max_scan must be at least 1")
     lower = None if query.after_id is None else await _key_of(store, owner, query.after_id)
     upper = None if query.before_id is None else await _key_of(store, owner, query.before_id)
     if query.ids is not None and await store.count(owner, ids=query.ids) < len(set(query.ids)):
@@ -323,7 +359,7 @@ async def find_page(
     if rsm.before:
         page_upper = _min_key(upper, await _key_of(store, owner, rsm.before))
     with_jid = query.with_jid
-    with_bare = None if with_jid is None else str(with_jid.bare)
+    with_key, scan = (None, False) if with_jid is None else filing(with_jid)
 
     async def items(after: str | None, before: str | None, limit: int) -> list[ArchiveItem]:
         return await store.items(
@@ -332,7 +368,7 @@ async def find_page(
             before=before,
             start=query.start,
             end=query.end,
-            with_jid=with_bare,
+            with_jid=with_key,
             ids=query.ids,
             limit=limit,
             reverse=backward,
@@ -345,20 +381,33 @@ async def find_page(
             before=before,
             start=query.start,
             end=query.end,
-            with_jid=with_bare,
+            with_jid=with_key,
             ids=query.ids,
         )
 
-    if with_jid is not None and with_jid.resource is not None:
-        # Entries are filed under bare JIDs: a full JID needs the stored message, so this
-        # slower path gives no count and no index.
-        found, more = await _page_filtered(
-            items, with_jid, page_lower, page_upper, size, backward=backward
+    index_asked = rsm.index is not None and rsm.after is None and rsm.before is None
+    if scan and with_jid is not None:
+        # The store filters by the bare JID only: the stored messages are read, so this
+        # slower path gives no count and no index, and reads at most max_scan rows.
+        if index_asked:
+            raise StanzaError(
+                "feature-not-implemented", "no RSM index with a full-JID 'with': page by id"
+            )
+        found, more, stop = await _page_filtered(
+            items, with_jid, page_lower, page_upper, size, backward=backward, max_scan=max_scan
         )
-        return Page(found, not more, None, None)
+        resume = None if stop is None else public_id(stop)
+        return Page(
+            found,
+            not more,
+            None,
+            None,
+            first_id=resume if backward else None,
+            last_id=None if backward else resume,
+        )
     skip = 0
-    if rsm.index is not None and rsm.after is None and rsm.before is None:
-        skip = rsm.index
+    if index_asked:
+        skip = rsm.index or 0
         if skip > 10 * max_page_size:
             raise StanzaError("feature-not-implemented", "RSM index too far; page by id")
     fetched = (await items(page_lower, page_upper, skip + size + 1))[skip:]
@@ -393,22 +442,38 @@ async def _page_filtered(
     page_size: int,
     *,
     backward: bool,
-) -> tuple[list[ArchiveItem], bool]:
-    """Page over entries filed under the bare JID, keeping those with the full `with_jid`;
-    returns the page and whether more match beyond it."""
+    max_scan: int,
+) -> tuple[list[ArchiveItem], bool, ArchiveItem | None]:
+    """Page over entries filed under the bare JID, keeping those with the full `with_jid`.
+
+    Returns the page, whether more may match beyond it, and the last row read when the scan
+    stopped at `max_scan` rows before the page was full (else None): the page then ends there.
+    """
     found: list[ArchiveItem] = []
-    chunk = page_size + 1
+    scanned = 0
+    stopped: ArchiveItem | None = None
+    chunk = max(page_size + 1, SCAN_CHUNK)
     while len(found) <= page_size:
-        batch = await items(lower, upper, chunk)
-        found.extend(item for item in batch if _matches(item, with_jid))
-        if len(batch) < chunk:
+        limit = min(chunk, max_scan - scanned)
+        if limit <= 0:
+            break
+        batch = await items(lower, upper, limit)
+        scanned += len(batch)
+        for item in batch:
+            if _matches(item, with_jid):
+                found.append(item)
+                if len(found) > page_size:
+                    break
+        if len(batch) < limit:
             break
         if backward:
             upper = batch[-1].key
         else:
             lower = batch[-1].key
-    more = len(found) > page_size
+        if scanned >= max_scan and len(found) <= page_size:
+            stopped = batch[-1]
+    more = len(found) > page_size or stopped is not None
     page = found[:page_size]
     if backward:
         page.reverse()
-    return page, more
+    return page, more, stopped

@@ -14,13 +14,13 @@ import pytest
 from lxml import etree
 
 from tests.helpers.harness import parse_element
-from xeps.muc.archive import NS_MODERATE, NS_RETRACT, RoomArchive, make_tombstone
+from xeps.muc.archive import NS_MODERATE, NS_RETRACT, RoomArchive, archive_key, make_tombstone
 from xmppd.errors import StanzaError
 from xmppd.jid import JID
 from xmppd.lib.mam import NS_FORWARD, NS_MAM, NS_MAM_EXTENDED
 from xmppd.lib.rsm import NS_RSM
 from xmppd.lib.stanza_id import NS_SID
-from xmppd.storage import ArchiveStore, Storage, StorageError, open_storage
+from xmppd.storage import ArchiveItem, ArchiveStore, Storage, StorageError, open_storage
 
 ROOM = JID.parse("tea@conference.localhost")
 OTHER = JID.parse("coffee@conference.localhost")
@@ -407,18 +407,82 @@ async def test_storage_failure_is_logged_not_raised(
     await asyncio.sleep(0)
 
 
-async def test_remove_with_successor_keeps_the_new_rooms_entries(archive: RoomArchive) -> None:
-    """A room of the same name was created while the old one was being removed: only the
-    entries archived before the removal go (and their tombstones)."""
-    [old] = await fill(archive, 1)
-    await archive.retract(ROOM, old, make_tombstone(groupchat("a", "x"), str(ROOM)))
-    removed_at = time.time()
-    while time.time() <= removed_at:
-        pass  # the clock must move past the removal (microseconds)
-    [new] = await fill(archive, 1)
-    await archive.remove(ROOM, removed_at=removed_at, successor=lambda: True)
-    assert [item.id for item in await archive.store.items(str(ROOM))] == [new]
-    assert not await archive.retract(ROOM, old, make_tombstone(groupchat("a", "x"), str(ROOM)))
+async def test_incarnations_have_separate_archives(archive: RoomArchive) -> None:
+    """A room re-created under the same name (another incarnation) never reads the old
+    archive; removing the old incarnation leaves the new one's entries."""
+    [old] = [archive.append(ROOM, groupchat("a", "old"), incarnation="one")]
+    await archive.retract(
+        ROOM, old, make_tombstone(groupchat("a", "x"), str(ROOM)), incarnation="one"
+    )
+    [new] = [archive.append(ROOM, groupchat("a", "new"), incarnation="two")]
     sent = Sent()
-    await archive.query(ROOM, mam_query(), sent)
-    assert len(sent.messages) == 1
+    await archive.query(ROOM, mam_query(), sent, incarnation="two")
+    assert sent.ids() == [new]
+    assert await archive.find(ROOM, old, incarnation="two") is None
+    assert [e.findtext(f"{CLIENT}body") for e, _ in await archive.last(ROOM, 5)] == []
+    await archive.remove(ROOM, incarnation="one")
+    assert await archive.find(ROOM, old, incarnation="one") is None
+    assert await archive.store.items(archive_key(ROOM, "one") + " retracted") == []
+    sent = Sent()
+    await archive.query(ROOM, mam_query(), sent, incarnation="two")
+    assert sent.ids() == [new]
+
+
+class CountingStore:
+    """An ArchiveStore counting the rows its `items` returns."""
+
+    def __init__(self, store: ArchiveStore) -> None:
+        self.store = store
+        self.rows = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def items(self, *args: object, **kwargs: object) -> list[ArchiveItem]:
+        found = await self.store.items(*args, **kwargs)  # type: ignore[arg-type]
+        self.rows += len(found)
+        return found
+
+
+async def test_occupant_with_uses_the_store_filter(store: ArchiveStore) -> None:
+    """§"Filtering by JID" with an occupant JID: entries are filed under the occupant JID, so
+    the store answers it (with count and RSM index) without reading other entries."""
+    counting = CountingStore(store)
+    archive = RoomArchive(counting, page_size=3, max_page_size=5)  # type: ignore[arg-type]
+    for i in range(300):
+        archive.append(
+            ROOM, groupchat("bob" if i % 100 == 0 else "alice", f"m{i}"), incarnation="x"
+        )
+    sent = Sent()
+    query = mam_query(form(with_=f"{ROOM}/bob") + rsm("<max>5</max><index>1</index>"))
+    fin = await archive.query(ROOM, query, sent, incarnation="x")
+    assert fin is not None
+    assert [m.findtext(f"{CLIENT}body") for m in sent.inner()] == ["m100", "m200"]
+    assert fin.findtext(f"{{{NS_RSM}}}set/{{{NS_RSM}}}count") == "3"
+    assert counting.rows == 3  # the three entries of bob, not the 300
+    sent = Sent()
+    await archive.query(ROOM, mam_query(form(with_=f"{ROOM}/ghost")), sent, incarnation="x")
+    assert (sent.messages, counting.rows) == ([], 3)
+    sent = Sent()
+    fin = await archive.query(ROOM, mam_query(form(with_=str(ROOM))), sent, incarnation="x")
+    assert fin is not None
+    assert fin.findtext(f"{{{NS_RSM}}}set/{{{NS_RSM}}}count") == "300"
+
+
+async def test_legacy_archive_with_bare_filed_entries(store: ArchiveStore) -> None:
+    """An archive of incarnation "" (made before incarnations) may hold entries filed under
+    the room's bare JID: an occupant 'with' still finds them (by reading the messages), and
+    refuses an RSM index there."""
+    archive = RoomArchive(store, page_size=3, max_page_size=5)
+    text = etree.tostring(groupchat("bob", "old")).decode()
+    await store.append(str(ROOM), text, with_jid=str(ROOM), id="legacy")
+    archive.append(ROOM, groupchat("bob", "new"))
+    archive.append(ROOM, groupchat("alice", "other"))
+    sent = Sent()
+    await archive.query(ROOM, mam_query(form(with_=f"{ROOM}/bob")), sent)
+    assert [m.findtext(f"{CLIENT}body") for m in sent.inner()] == ["old", "new"]
+    with pytest.raises(StanzaError) as info:
+        await archive.query(
+            ROOM, mam_query(form(with_=f"{ROOM}/bob") + rsm("<index>1</index>")), Sent()
+        )
+    assert info.value.condition == "feature-not-implemented"

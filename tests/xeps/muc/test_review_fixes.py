@@ -6,6 +6,7 @@ failed before its fix.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,11 @@ from tests.xeps.muc.test_module import (
     muc,
     room_of,
 )
+from xeps.muc.archive import archive_key
 from xeps.muc.room import NS_MUC, NS_USER
 from xmppd.events import Shutdown
 from xmppd.jid import JID
+from xmppd.lib.mam import NS_FORWARD, NS_MAM
 from xmppd.ns import NS_DATA
 from xmppd.session import Session
 
@@ -362,7 +365,7 @@ async def test_subject_with_body_is_archived(h: ModuleHarness, alice: Session) -
     module = muc(h)
     assert module.archive is not None
     await module.archive.settled()
-    entries = await module.archive.last(room_of(h).jid, 10)
+    entries = await module.archive.last(room_of(h).jid, 10, incarnation=module.incarnations["room"])
     assert [e.findtext(BODY) for e, _when in entries] == ["b"]
 
 
@@ -410,7 +413,7 @@ async def test_room_being_removed_cannot_be_joined(
     assert await module.store.get("", "room/room") is not None  # the new room's record
     assert module.archive is not None
     await module.archive.settled()
-    entries = await module.archive.last(new.jid, 10)
+    entries = await module.archive.last(new.jid, 10, incarnation=module.incarnations["room"])
     assert [e.findtext(BODY) for e, _when in entries] == ["new"]  # nothing of the old room
 
 
@@ -521,3 +524,100 @@ async def test_rooms_per_user_and_affiliations_are_bounded(tmp_path: Path) -> No
         )
         assert error_condition(h.take_one(alice)) == "policy-violation"
         assert len(room_of(h).affiliations) == 3
+
+
+# --- review 2: a re-created room never reads the destroyed room's archive ----------------------
+def _mam_bodies(got: list[etree._Element]) -> list[str]:
+    return [
+        e.findtext(f"{{{NS_MAM}}}result/{{{NS_FORWARD}}}forwarded/{{jabber:client}}message/{BODY}")
+        or ""
+        for e in got
+        if e.find(f"{{{NS_MAM}}}result") is not None
+    ]
+
+
+async def test_recreated_room_cannot_read_the_old_archive(
+    h: ModuleHarness, alice: Session, bob: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old room's archive is still being deleted when Bob re-creates the room: as owner
+    of the new (locked) room he may query its archive, and gets none of the old messages;
+    the deletion then finishes in the background and forgets the old incarnation."""
+    await create(h, alice)
+    await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>old</body></message>")
+    h.take(alice)
+    module = muc(h)
+    assert module.archive is not None
+    old_incarnation = module.incarnations["room"]
+    assert await module.store.get("", f"archive/{old_incarnation}") == ROOM
+    archive = module.archive
+    deleting, release = asyncio.Event(), asyncio.Event()
+    real_remove = archive.remove
+
+    async def slow_remove(*args: Any, **kwargs: Any) -> None:
+        deleting.set()
+        await release.wait()
+        await real_remove(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "remove", slow_remove)
+    leave = asyncio.create_task(h.send(alice, f"<presence to='{ROOM}/Alice' type='unavailable'/>"))
+    await deleting.wait()
+    await h.send(bob, f"<presence to='{ROOM}/Bob'>{X}</presence>")
+    assert any(201 in codes(e) for e in h.take(bob))
+    assert module.incarnations["room"] != old_incarnation
+    await h.send(bob, f"<iq type='set' id='q' to='{ROOM}'><query xmlns='{NS_MAM}'/></iq>")
+    got = h.take(bob)
+    assert got[-1].get("type") == "result", [etree.tostring(e) for e in got]
+    assert _mam_bodies(got) == []
+    release.set()
+    await leave
+    await module.cleaned()
+    assert await module.store.get("", f"archive/{old_incarnation}") is None
+    assert await archive.store.items(archive_key(JID.parse(ROOM), old_incarnation)) == []
+
+
+async def test_orphaned_archives_are_deleted_on_start(tmp_path: Path) -> None:
+    """A room gone without its archive deleted (a crash): the next start deletes that archive;
+    a persistent room keeps its archive, and its incarnation, across the restart."""
+    overrides = {"storage": "sqlite", "data_dir": str(tmp_path / "data")}
+    async with ModuleHarness.started(
+        tmp_path, accounts=("alice",), modules_enabled=MODULES, **overrides
+    ) as h:
+        alice = await h.connect("alice@localhost/phone", priority=0)
+        module = muc(h)
+        await create(h, alice, room=f"kept@{SERVICE}")
+        await configure_room(h, alice, f"kept@{SERVICE}")
+        await h.send(
+            alice, f"<message type='groupchat' to='kept@{SERVICE}'><body>k</body></message>"
+        )
+        await create(h, alice)
+        await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>lost</body></message>")
+        h.take(alice)
+        kept, lost = module.incarnations["kept"], module.incarnations["room"]
+        module._remove_archive = lambda room, incarnation: None  # type: ignore[method-assign]
+        await h.send(alice, f"<presence to='{ROOM}/Alice' type='unavailable'/>")  # "crash"
+        assert module.room("room") is None
+    async with ModuleHarness.started(
+        tmp_path, accounts=(), modules_enabled=MODULES, **overrides
+    ) as h:
+        module = muc(h)
+        assert module.archive is not None
+        await module.cleaned()
+        assert module.incarnations["kept"] == kept
+        assert await module.store.get("", f"archive/{lost}") is None
+        assert await module.store.get("", f"archive/{kept}") == f"kept@{SERVICE}"
+        store = module.archive.store
+        assert await store.items(archive_key(JID.parse(ROOM), lost)) == []
+        entries = await module.archive.last(JID.parse(f"kept@{SERVICE}"), 5, incarnation=kept)
+        assert [e.findtext(BODY) for e, _ in entries] == ["k"]
+
+
+async def configure_room(h: ModuleHarness, owner: Session, room: str) -> None:
+    await h.send(
+        owner,
+        f"<iq type='set' id='cfg' to='{room}'><query xmlns='{NS_MUC}#owner'>"
+        f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE'>"
+        f"<value>{NS_MUC}#roomconfig</value></field>"
+        "<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+        "</x></query></iq>",
+    )
+    assert h.take(owner)[0].get("type") == "result"  # then status 104 (config changed)

@@ -294,3 +294,114 @@ async def test_metadata_of_a_store(store: ArchiveStore) -> None:
         (f"{{{NS}}}start", "id0"),
         (f"{{{NS}}}end", "id2"),
     ]
+
+
+# -- the full-JID 'with' scan is bounded (review fix) -------------------------------------
+
+
+class _Counting:
+    """An ArchiveStore that counts `items` calls and the rows they return."""
+
+    def __init__(self, store: ArchiveStore) -> None:
+        self.store = store
+        self.calls = 0
+        self.rows = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def items(self, *args: object, **kwargs: object) -> list[ArchiveItem]:
+        self.calls += 1
+        found = await self.store.items(*args, **kwargs)  # type: ignore[arg-type]
+        self.rows += len(found)
+        return found
+
+
+async def _fill_many(store: ArchiveStore, count: int) -> None:
+    for i in range(count):
+        text = (
+            f"<message xmlns='jabber:client' from='{OWNER}/n{i % 5}' type='groupchat'>"
+            f"<body>m{i}</body></message>"
+        )
+        store.append_nowait(OWNER, text, with_jid=OWNER, when=1000.0 + i, id=f"id{i:05}")
+    await store.append(OWNER, "<message xmlns='jabber:client'/>", with_jid=OWNER, id="end")
+
+
+async def _scan(store: ArchiveStore, inner: str, max_scan: int = mam.MAX_SCAN) -> mam.Page:
+    return await mam.find_page(
+        store,
+        OWNER,
+        mam.parse_query(_query(inner)),
+        page_size=50,
+        max_page_size=250,
+        max_scan=max_scan,
+    )
+
+
+async def test_full_jid_with_reads_whole_chunks(store: ArchiveStore) -> None:
+    """<max>0</max> with a full JID nobody used: chunks of SCAN_CHUNK rows, not one per row."""
+    await _fill_many(store, 400)
+    counting = _Counting(store)
+    inner = _form(("with", [f"{OWNER}/ghost"])) + f"<set xmlns='{NS_RSM}'><max>0</max></set>"
+    page = await _scan(counting, inner)  # type: ignore[arg-type]
+    assert (page.items, page.complete) == ([], True)
+    assert counting.calls == 5  # 401 rows, 100 a call
+
+
+async def test_full_jid_with_stops_at_max_scan_and_resumes(store: ArchiveStore) -> None:
+    """At max_scan rows the page ends, incomplete, with RSM <last/> at the last row read;
+    paging on from it continues the scan."""
+    await _fill_many(store, 400)
+    counting = _Counting(store)
+    with_ = _form(("with", [f"{OWNER}/ghost"]))
+    page = await _scan(counting, with_, max_scan=250)  # type: ignore[arg-type]
+    assert counting.rows == 250
+    assert (page.items, page.complete, page.last_id) == ([], False, "id00249")
+    fin = mam.build_fin(page)
+    assert fin.get("complete") is None
+    assert fin.findtext(f"{{{NS_RSM}}}set/{{{NS_RSM}}}last") == "id00249"
+    after = f"<set xmlns='{NS_RSM}'><after>id00249</after></set>"
+    page = await _scan(store, with_ + after, max_scan=250)
+    assert (page.items, page.complete) == ([], True)
+    # a nick that spoke: what was found before the cap is served, the page ends at the cap
+    page = await _scan(store, _form(("with", [f"{OWNER}/n1"])), max_scan=11)
+    assert (_ids(page), page.complete, page.last_id) == (["id00001", "id00006"], False, "id00010")
+    # backward: the page starts at the last (oldest) row read
+    before = f"<set xmlns='{NS_RSM}'><before/></set>"
+    page = await _scan(store, _form(("with", [f"{OWNER}/n1"])) + before, max_scan=12)
+    assert (_ids(page), page.complete, page.first_id) == (["id00391", "id00396"], False, "id00389")
+
+
+async def test_full_jid_with_refuses_index(store: ArchiveStore) -> None:
+    await _fill(store, 7)
+    inner = _form(("with", [f"{OWNER}/b"])) + f"<set xmlns='{NS_RSM}'><index>1</index></set>"
+    with pytest.raises(StanzaError) as info:
+        await _page(store, inner)
+    assert _condition(info) == "feature-not-implemented"
+
+
+async def test_filing_by_full_jid_uses_the_store_filter(store: ArchiveStore) -> None:
+    """An archive filing entries under full JIDs: the store filters, with count and index."""
+    for i in range(6):
+        nick = "a" if i % 2 == 0 else "b"
+        await store.append(OWNER, f"<message from='{OWNER}/{nick}'/>", with_jid=f"{OWNER}/{nick}")
+
+    def filing(jid: JID) -> tuple[str | None, bool]:
+        return (None, False) if jid == JID.parse(OWNER) else (str(jid), False)
+
+    counting = _Counting(store)
+    query = mam.parse_query(
+        _query(_form(("with", [f"{OWNER}/b"])) + f"<set xmlns='{NS_RSM}'><index>1</index></set>")
+    )
+    page = await mam.find_page(
+        counting,  # type: ignore[arg-type]
+        OWNER,
+        query,
+        page_size=5,
+        max_page_size=5,
+        filing=filing,
+    )
+    assert (len(page.items), page.first_index, page.count, counting.calls) == (2, 1, 3, 1)
+    query = mam.parse_query(_query(_form(("with", [OWNER]))))
+    page = await mam.find_page(store, OWNER, query, page_size=9, max_page_size=9, filing=filing)
+    assert page.count == 6
