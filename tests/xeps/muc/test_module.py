@@ -40,21 +40,6 @@ async def h(tmp_path: Path) -> AsyncIterator[ModuleHarness]:
         yield harness
 
 
-@pytest.fixture
-async def alice(h: ModuleHarness) -> Session:
-    return await h.connect("alice@localhost/phone", priority=0)
-
-
-@pytest.fixture
-async def bob(h: ModuleHarness) -> Session:
-    return await h.connect("bob@localhost/pc", priority=0)
-
-
-@pytest.fixture
-async def carol(h: ModuleHarness) -> Session:
-    return await h.connect("carol@localhost/tab", priority=0)
-
-
 def muc(h: ModuleHarness) -> Muc:
     module = h.host().modules["muc"]
     assert isinstance(module, Muc)

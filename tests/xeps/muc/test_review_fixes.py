@@ -50,21 +50,6 @@ async def h(tmp_path: Path) -> AsyncIterator[ModuleHarness]:
         yield harness
 
 
-@pytest.fixture
-async def alice(h: ModuleHarness) -> Session:
-    return await h.connect("alice@localhost/phone", priority=0)
-
-
-@pytest.fixture
-async def bob(h: ModuleHarness) -> Session:
-    return await h.connect("bob@localhost/pc", priority=0)
-
-
-@pytest.fixture
-async def carol(h: ModuleHarness) -> Session:
-    return await h.connect("carol@localhost/tab", priority=0)
-
-
 def history_x(**limits: str) -> str:
     attrs = " ".join(f"{k}='{v}'" for k, v in limits.items())
     return f"<x xmlns='{NS_MUC}'><history {attrs}/></x>"
