@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,7 @@ from .persistence import (
     service_secret,
 )
 from .room import (
+    MAX_INVITES,
     NS_ADMIN,
     NS_FASTEN,
     NS_MODERATE,
@@ -100,7 +102,8 @@ class Muc(Module):
         max_occupants: int = 1000  # highest occupant limit an owner may configure
         default_max_occupants: int = 100  # occupant limit of a new room
         archive_max_age_days: int = 0  # room archive retention (0: keep forever)
-        max_rooms_per_user: int = 100  # rooms one user (bare JID) may own (0: no limit)
+        max_rooms_per_user: int = 100  # rooms one bare JID may have created (0: no limit)
+        max_rooms: int = 10000  # rooms on the service; creating more is refused (0: no limit)
         max_affiliations: int = 10000  # affiliation list entries per room
 
     options: Options
@@ -114,8 +117,10 @@ class Muc(Module):
             raise ConfigError("modules.muc: need 0 <= default_history <= max_history")
         if o.default_max_occupants > o.max_occupants:
             raise ConfigError("modules.muc: default_max_occupants exceeds max_occupants")
-        if o.max_rooms_per_user < 0 or o.max_affiliations < 1:
-            raise ConfigError("modules.muc: need max_rooms_per_user >= 0, max_affiliations >= 1")
+        if o.max_rooms_per_user < 0 or o.max_rooms < 0 or o.max_affiliations < 1:
+            raise ConfigError(
+                "modules.muc: need max_rooms_per_user >= 0, max_rooms >= 0, max_affiliations >= 1"
+            )
         self.service: ModuleContext = self.ctx.service_context(o.subdomain)
         service = self.service
         self.domain = service.host.domain
@@ -137,15 +142,22 @@ class Muc(Module):
         self.secret = await service_secret(self.store)
         self.rooms: dict[str, Room] = {}
         self.incarnations: dict[str, str] = {}  # room local part -> archive incarnation id
-        self._cleanups: set[asyncio.Task[None]] = set()
+        # archive deletions, done one at a time by one background task
+        self._removals: deque[tuple[JID, str]] = deque()
+        self._remover: asyncio.Task[None] | None = None
+        self._archived: set[str] = set()  # incarnations whose archive may exist (noted)
+        self.created: Counter[JID] = Counter()  # creator bare JID -> its rooms (that exist)
         for room, incarnation in await load_rooms(
             self.store, self.domain, self.secret, self.limits
         ):
             local = room.jid.local or ""
             room.archiving_available = self.archive is not None
             self.incarnations[local] = incarnation
+            self._archived.add(incarnation)
             await self._refill(room)
             self.rooms[local] = room
+            if room.creator is not None:
+                self.created[room.creator] += 1
         live = set(self.incarnations.values())
         for jid, incarnation in await registered_archives(self.store):
             if incarnation not in live:  # its room is gone: a crash, or a temporary room
@@ -185,12 +197,19 @@ class Muc(Module):
         await self.cleaned()
 
     def _remove_archive(self, room: JID, incarnation: str) -> None:
-        """Delete the archive of a gone room incarnation in the background (then forget it)."""
+        """Delete the archive of a gone room incarnation in the background (then forget it):
+        queued, and done one at a time by a single task."""
+        self._archived.discard(incarnation)
+        if self.archive is None:
+            return  # no archives here: keep the note for a start that has them
+        self._removals.append((room, incarnation))
+        if self._remover is None or self._remover.done():
+            self._remover = asyncio.get_running_loop().create_task(self._remove_queued())
 
-        async def remove() -> None:
-            archive = self.archive
-            if archive is None:
-                return  # no archives here: keep the note for a start that has them
+    async def _remove_queued(self) -> None:
+        archive = self.archive
+        while self._removals and archive is not None:
+            room, incarnation = self._removals.popleft()
             try:
                 await archive.remove(room, incarnation=incarnation)
                 if incarnation:
@@ -198,14 +217,10 @@ class Muc(Module):
             except Exception:  # retried on the next start (the note stays)
                 self.service.log.exception("deleting the archive of %s failed", room)
 
-        task = asyncio.get_running_loop().create_task(remove())
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-
     async def cleaned(self) -> None:
         """Wait for the archive deletions under way (shutdown, tests)."""
-        while self._cleanups:
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        while self._remover is not None and not self._remover.done():
+            await asyncio.gather(self._remover, return_exceptions=True)
 
     async def _expire(self) -> None:
         """Drop archived messages older than archive_max_age_days."""
@@ -234,28 +249,71 @@ class Muc(Module):
         current = self.rooms.get(local) is room
         incarnation = self.incarnations.get(local, "") if current else None
         if result.gone and current:
-            del self.rooms[local]  # at once: nobody may enter it while the sends are awaited
-            del self.incarnations[local]
-        for out in result.out:
-            element = out.element
-            if out.archive and self.archive is not None and incarnation is not None:
-                archive_id = self.archive.append(room.jid, element, incarnation=incarnation)
-                stamp = etree.SubElement(element, STANZA_ID, nsmap={None: NS_SID})
-                stamp.set("by", str(room.jid))
-                stamp.set("id", archive_id)
-            if out.recipients is None:
-                await self.service.send(element)
-            elif out.recipients:
-                await self.service.send_many(element, out.recipients)
-        if result.gone and incarnation is not None:
-            successor = self.rooms.get(local)
+            self._forget(room)  # at once: nobody may enter it while the sends are awaited
+        try:
+            for out in result.out:
+                element = out.element
+                archive = self.archive
+                if (
+                    out.archive
+                    and archive is not None
+                    and incarnation is not None
+                    and await self._noted(room, incarnation)
+                ):
+                    archive_id = archive.append(room.jid, element, incarnation=incarnation)
+                    stamp = etree.SubElement(element, STANZA_ID, nsmap={None: NS_SID})
+                    stamp.set("by", str(room.jid))
+                    stamp.set("id", archive_id)
+                if out.recipients is None:
+                    await self.service.send(element)
+                elif out.recipients:
+                    await self.service.send_many(element, out.recipients)
+        finally:  # a failed send must not leave the gone room's record and archive behind
+            if result.gone and incarnation is not None:
+                await self._gone(room, incarnation)
+        if result.save and not result.gone and self.rooms.get(local) is room:
+            await save_room(self.store, room, self.incarnations.get(local, ""))
+
+    def _forget(self, room: Room) -> None:
+        """Take a gone room out of the service (its creator may create another)."""
+        local = room.jid.local or ""
+        del self.rooms[local]
+        del self.incarnations[local]
+        creator = room.creator
+        if creator is not None:
+            self.created[creator] -= 1
+            if self.created[creator] <= 0:
+                del self.created[creator]
+
+    async def _noted(self, room: Room, incarnation: str) -> bool:
+        """Whether messages of this incarnation may be archived: its archive is noted (for
+        deletion if orphaned) at its first archived message. A failure is logged: the message
+        goes out, unarchived."""
+        if incarnation in self._archived:
+            return True
+        try:
+            await register_archive(self.store, room.jid, incarnation)
+        except Exception:
+            self.service.log.exception("noting the archive of %s failed", room.jid)
+            return False
+        if self.incarnations.get(room.jid.local or "") != incarnation:
+            self._remove_archive(room.jid, incarnation)  # gone meanwhile: forget the note
+            return False
+        self._archived.add(incarnation)
+        return True
+
+    async def _gone(self, room: Room, incarnation: str) -> None:
+        """Delete a gone room's record and (in the background) its archive, if it has one."""
+        local = room.jid.local or ""
+        successor = self.rooms.get(local)
+        try:
             if successor is not None:  # a new room of that name: its record, not the old one
                 await save_room(self.store, successor, self.incarnations.get(local, ""))
             else:
                 await delete_room(self.store, room.jid)
-            self._remove_archive(room.jid, incarnation)
-        elif result.save and self.rooms.get(local) is room:
-            await save_room(self.store, room, self.incarnations.get(local, ""))
+        finally:
+            if not incarnation or incarnation in self._archived:
+                self._remove_archive(room.jid, incarnation)
 
     def _room(self, to: JID) -> Room:
         room = self.rooms.get(to.local or "")
@@ -280,28 +338,28 @@ class Muc(Module):
                 return True  # nothing to leave; errors and probes are dropped
             if not await self._may_create(stanza.from_):
                 raise StanzaError("not-allowed", "you may not create rooms here")
-            if self._owns_too_many(stanza.from_):  # §10.1.1: not-allowed
-                raise StanzaError("not-allowed", "you own too many rooms here")
+            self._check_room_limits(stanza.from_)
             room = self._new_room(to, stanza.from_)
             result = room.presence(stanza.element, stanza.from_, nick, time.time())
-            incarnation = new_incarnation()
-            self.rooms[to.local or ""] = room
-            self.incarnations[to.local or ""] = incarnation
-            if self.archive is not None:  # noted before anything is archived in it
-                await register_archive(self.store, room.jid, incarnation)
+            incarnation = new_incarnation()  # its archive is noted at its first message
+            local = to.local or ""
+            self.rooms[local] = room
+            self.incarnations[local] = incarnation
+            if room.creator is not None:
+                self.created[room.creator] += 1
             await self._run(room, result)
             return True
         await self._run(room, room.presence(stanza.element, stanza.from_, nick, time.time()))
         return True
 
-    def _owns_too_many(self, jid: JID) -> bool:
-        """Whether `jid` owns max_rooms_per_user rooms already."""
-        limit = self.options.max_rooms_per_user
-        if limit <= 0:
-            return False
-        bare = jid.bare
-        owned = sum(1 for r in self.rooms.values() if r.affiliations.get(bare) == "owner")
-        return owned >= limit
+    def _check_room_limits(self, creator: JID) -> None:
+        """§10.1.1: creating a room is not-allowed past max_rooms on the service, or past
+        max_rooms_per_user rooms created by `creator` (whoever owns them now)."""
+        o = self.options
+        if 0 < o.max_rooms <= len(self.rooms):
+            raise StanzaError("not-allowed", "this service has too many rooms")
+        if 0 < o.max_rooms_per_user <= self.created[creator.bare]:
+            raise StanzaError("not-allowed", "you have created too many rooms here")
 
     def _new_room(self, jid: JID, creator: JID) -> Room:
         o = self.options
@@ -312,6 +370,7 @@ class Muc(Module):
         room = Room(jid, config, self.secret, limits=self.limits, locked=True)
         room.archiving_available = self.archive is not None
         room.affiliations[creator.bare] = "owner"
+        room.creator = creator.bare
         return room
 
     async def presence_bare(self, event: ev.StanzaEvent) -> bool:
@@ -345,9 +404,14 @@ class Muc(Module):
 
     async def _check_invitees(self, element: etree._Element) -> None:
         """§7.8.2 SHOULD: an invitation to an account of this server that does not exist is
-        refused with item-not-found (remote JIDs cannot be checked here)."""
+        refused with item-not-found (remote JIDs cannot be checked here). A batch over
+        MAX_INVITES is refused (as the room would) before any lookup."""
         services = self.ctx.services
-        for invite in element.iterfind(f"{{{NS_USER}}}x/{{{NS_USER}}}invite"):
+        invites = element.findall(f"{{{NS_USER}}}x/{{{NS_USER}}}invite")
+        declines = element.findall(f"{{{NS_USER}}}x/{{{NS_USER}}}decline")
+        if len(invites) + len(declines) > MAX_INVITES:
+            raise StanzaError("policy-violation", "too many invitations at once")
+        for invite in invites:
             try:
                 invitee = JID.parse(invite.get("to") or "")
             except JIDError:

@@ -1,12 +1,13 @@
 """XEP-0045 §10.2 persistent rooms: room <-> KeyValueStore records, and the service secret.
 
 Layout in the service host's "rooms" key-value store (user "" = service-wide):
-``("", "room/<localpart>")`` -> the room's `Room.state()` plus ``"archive"``: the room's
-archive incarnation id (none in records made before incarnations: the archive keyed by the
-bare JID), ``("", "archive/<id>")`` -> the room JID of every incarnation whose archive may
-exist (written when the room is created, removed once its archive is deleted: what is left
-on startup belongs to no room and is deleted), and ``("", "secret")`` -> the XEP-0421
-occupant-id secret (hex), made once so that occupant ids survive restarts.
+``("", "room/<localpart>")`` -> the room's `Room.state()` (with its creator's bare JID, for
+max_rooms_per_user) plus ``"archive"``: the room's archive incarnation id (none in records
+made before incarnations: the archive keyed by the bare JID), ``("", "archive/<id>")`` -> the
+room JID of every incarnation whose archive may exist (written at the incarnation's first
+archived message, removed once its archive is deleted: what is left on startup belongs to no
+room and is deleted), and ``("", "secret")`` -> the XEP-0421 occupant-id secret (hex), made
+once so that occupant ids survive restarts.
 """
 
 from __future__ import annotations

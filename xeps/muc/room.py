@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from xmppd.errors import StanzaError
+from xmppd.errors import STANZA_CONDITIONS, StanzaError
 from xmppd.jid import JID, JIDError
 from xmppd.lib.delay import make_delay, parse_stamp
 from xmppd.lib.forms import Field, build_form, parse_submitted
 from xmppd.lib.forms import X as DATA_X
-from xmppd.ns import NS_CLIENT, NS_DATA
+from xmppd.ns import NS_CLIENT, NS_DATA, NS_STANZAS
 from xmppd.stanza import iq_result, make, new_id
 
 from .config import RoomConfig, apply_form, config_form
@@ -69,6 +69,10 @@ MAX_INVITES = 10  # invitations in one message
 MAX_PENDING_IQS = 256  # forwarded IQs awaiting an answer, per room
 MAX_PENDING_PMS = 1024  # forwarded private messages whose error is routed back, per room
 MAX_SENT_IDS = 1024  # ids of recent groupchat messages: an error answering one is a bounce
+MAX_PM_IDS = 4 * MAX_PENDING_PMS  # ids of recent forwarded PMs, never taken for groupchat ids
+MAX_KEPT_ID = 128  # a PM keeps its sender's id up to this length (receipts, corrections)
+MAX_PENDING_PM_ID_CHARS = 256 * 1024  # total size of the senders' ids kept for PM errors
+ERROR_TYPES = frozenset({"auth", "cancel", "continue", "modify", "wait"})
 
 
 @dataclass(slots=True)
@@ -196,11 +200,18 @@ class Room:
         self.subject = ""
         self.subject_by = ""  # nick of whoever set it ("" = the room)
         self.subject_when = 0.0  # when it was set (0: never)
+        self.creator: JID | None = None  # bare JID of whoever created it (max_rooms_per_user)
         self.archiving_available = False  # the module has a room archive
         self._pending_iqs: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
         # (forwarded PM id, recipient bare JID) -> (sender's real JID, its id, recipient nick)
+        # (ids are at most MAX_KEPT_ID long, so keys stay small whatever the clients send)
         self._pending_pms: OrderedDict[tuple[str, JID], tuple[str, str | None, str]] = OrderedDict()
-        self._sent_ids: OrderedDict[str, None] = OrderedDict()  # groupchat messages sent
+        # forwarded PMs, by a fixed-size digest of their id: such an id is never recorded as a
+        # groupchat id, so a late error to a PM cannot pass for a groupchat bounce (333)
+        self._pm_ids: OrderedDict[bytes, None] = OrderedDict()
+        self._pending_pm_id_chars = 0  # total length of the senders' ids in _pending_pms
+        # groupchat messages sent, by a fixed-size digest of their (client-chosen) id
+        self._sent_ids: OrderedDict[bytes, None] = OrderedDict()
         self._all: list[str] | None = None  # cache: every occupant's real JID
 
     # --- queries -----------------------------------------------------------------------
@@ -378,8 +389,11 @@ class Room:
         if sid is None:
             sid = new_id()
             element.set("id", sid)
-        self._sent_ids[sid] = None
-        self._sent_ids.move_to_end(sid)
+        key = _id_key(sid)
+        if key in self._pm_ids:
+            return  # also a PM's id: an error carrying it is no proof of a bounce
+        self._sent_ids[key] = None
+        self._sent_ids.move_to_end(key)
         while len(self._sent_ids) > MAX_SENT_IDS:
             self._sent_ids.popitem(last=False)
 
@@ -865,10 +879,25 @@ class Room:
         if not allowed:
             raise StanzaError("forbidden", "private messages are not allowed here")
         original_id = stanza.get("id")
-        forward_id = original_id
         to = target.jid.bare
-        if not forward_id or (forward_id, to) in self._pending_pms or forward_id in self._sent_ids:
-            forward_id = new_id()  # an error must find this PM, and only this PM
+        # The sender's own id where it is safe (XEP-0184 receipts and XEP-0308 corrections
+        # refer to it): short, not the id of a groupchat message the room sent (an error to
+        # it would eject the recipient with 333), not pending for this recipient already.
+        # Otherwise a room-made id, so an error finds this PM and only this PM.
+        if (
+            original_id
+            and len(original_id) <= MAX_KEPT_ID
+            and _id_key(original_id) not in self._sent_ids
+            and (original_id, to) not in self._pending_pms
+        ):
+            forward_id = original_id
+        else:
+            forward_id = new_id()
+        pm_key = _id_key(forward_id)
+        self._pm_ids[pm_key] = None
+        self._pm_ids.move_to_end(pm_key)
+        while len(self._pm_ids) > MAX_PM_IDS:
+            self._pm_ids.popitem(last=False)
         element = make(
             "message",
             from_=self._occupant_jid(sender.nick),
@@ -876,14 +905,22 @@ class Room:
             id_=forward_id,
         )
         for child in stanza:
-            if isinstance(child.tag, str) and child.tag not in (OCCUPANT_ID, X_USER):
-                element.append(copy.deepcopy(child))
+            if not isinstance(child.tag, str) or child.tag in (OCCUPANT_ID, X_USER):
+                continue
+            if child.tag == STANZA_ID and self._claims_room(child):
+                continue  # XEP-0359 §3: never let a client forge the room's stanza id
+            element.append(copy.deepcopy(child))
         etree.SubElement(element, X_USER, nsmap={None: NS_USER})
         etree.SubElement(element, OCCUPANT_ID, nsmap={None: NS_OCCUPANT_ID}, id=sender.occupant_id)
         result.out.append(target.out(element))
         self._pending_pms[forward_id, to] = (str(from_), original_id, target.nick)
-        while len(self._pending_pms) > MAX_PENDING_PMS:
-            self._pending_pms.popitem(last=False)
+        self._pending_pm_id_chars += len(original_id or "")
+        while (
+            len(self._pending_pms) > MAX_PENDING_PMS
+            or self._pending_pm_id_chars > MAX_PENDING_PM_ID_CHARS
+        ):
+            _, (_, old_id, _) = self._pending_pms.popitem(last=False)
+            self._pending_pm_id_chars -= len(old_id or "")
         return result
 
     def _message_error(
@@ -898,16 +935,20 @@ class Room:
         pending = self._pending_pms.pop((error_id, from_.bare), None)
         if pending is not None:
             sender, original_id, target_nick = pending
-            answer = copy.deepcopy(stanza)
-            for attr in ("from", "to", "id"):
-                answer.attrib.pop(attr, None)
-            answer.set("from", self._occupant_jid(target_nick))
-            answer.set("to", sender)
-            if original_id is not None:
-                answer.set("id", original_id)
+            self._pending_pm_id_chars -= len(original_id or "")
+            # Rebuilt from its type and condition only: a 'by', a text or other children could
+            # reveal the recipient's real JID (semi-anonymous rooms) or carry anything.
+            answer = make(
+                "message",
+                from_=self._occupant_jid(target_nick),
+                to=sender,
+                type_="error",
+                id_=original_id,
+            )
+            answer.append(_error_of(stanza).to_element())
             result.out.append(Out(answer))
             return result
-        if occupant is not None and error_id in self._sent_ids:
+        if occupant is not None and _id_key(error_id) in self._sent_ids:
             self._bounced(result, occupant, from_)
         return result
 
@@ -1315,6 +1356,7 @@ class Room:
             "subject_by": self.subject_by,
             "subject_when": self.subject_when,
             "affiliations": {str(j): a for j, a in self.affiliations.items()},
+            "creator": str(self.creator) if self.creator is not None else "",
         }
 
     def restore(self, state: Mapping[str, object]) -> None:
@@ -1327,6 +1369,11 @@ class Room:
         self.subject_by = by if isinstance(by, str) else ""
         when = state.get("subject_when")
         self.subject_when = float(when) if isinstance(when, int | float) else 0.0
+        creator = state.get("creator")
+        try:
+            self.creator = JID.parse(creator).bare if isinstance(creator, str) and creator else None
+        except JIDError:
+            self.creator = None
         affiliations = state.get("affiliations")
         if isinstance(affiliations, dict):
             for text, affiliation in affiliations.items():
@@ -1347,6 +1394,29 @@ class Room:
     def with_config(self, **changes: object) -> None:
         """Change settings directly (tests, administration)."""
         self.config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
+
+
+def _id_key(stanza_id: str) -> bytes:
+    """A fixed-size key for a (client-chosen, possibly huge) stanza id."""
+    return hashlib.blake2b(stanza_id.encode(), digest_size=16).digest()
+
+
+def _error_of(stanza: etree._Element) -> StanzaError:
+    """The type and defined condition of an error stanza (RFC 6120 §8.3), nothing else."""
+    error = stanza.find(f"{{{NS_CLIENT}}}error")
+    type_ = error.get("type") if error is not None else None
+    condition = "undefined-condition"
+    if error is not None:
+        for child in error:
+            if not isinstance(child.tag, str):
+                continue
+            qname = etree.QName(child)
+            if qname.namespace == NS_STANZAS and qname.localname in STANZA_CONDITIONS:
+                condition = qname.localname
+                break
+    if type_ not in ERROR_TYPES:
+        return StanzaError(condition)
+    return StanzaError(condition, type=type_)  # type: ignore[arg-type]
 
 
 def _answer(request: etree._Element, payload: etree._Element | None, from_: str) -> etree._Element:

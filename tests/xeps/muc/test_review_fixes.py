@@ -7,6 +7,7 @@ failed before its fix.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from tests.helpers.harness import ModuleHarness, error_condition
+from tests.helpers.harness import ModuleHarness, error_condition, parse_element
 from tests.xeps.muc.test_module import (
     BODY,
     ROOM,
@@ -30,7 +31,8 @@ from tests.xeps.muc.test_module import (
     room_of,
 )
 from xeps.muc.archive import archive_key
-from xeps.muc.room import NS_MUC, NS_USER
+from xeps.muc.config import RoomConfig
+from xeps.muc.room import MAX_INVITES, MAX_PENDING_PMS, NS_MUC, NS_USER, Limits, Room
 from xmppd.events import Shutdown
 from xmppd.jid import JID
 from xmppd.lib.mam import NS_FORWARD, NS_MAM
@@ -185,30 +187,32 @@ async def test_pm_error_from_client_is_routed_back(
 async def test_pm_ids_are_kept_per_recipient(
     h: ModuleHarness, alice: Session, bob: Session, carol: Session
 ) -> None:
-    """The sender's id survives (receipts, corrections) unless it would be ambiguous: the same
-    id to two recipients is fine; an error from each goes back once."""
+    """A forwarded PM keeps its sender's id (receipts and corrections refer to it) unless
+    that id is already pending for the same recipient; the error to each goes back once,
+    with the sender's id."""
     await create(h, alice)
     await join(h, bob, "Bob")
     await join(h, carol, "Mallory")
     h.take(alice)
     h.take(bob)
-    for nick in ("Alice", "Bob"):
+    for nick in ("Alice", "Bob", "Bob"):
         await h.send(
             carol, f"<message type='chat' id='s' to='{ROOM}/{nick}'><body>x</body></message>"
         )
-    assert h.take_one(alice).get("id") == "s"
-    assert h.take_one(bob).get("id") == "s"
-    await h.send(carol, f"<message type='chat' id='s' to='{ROOM}/Bob'><body>y</body></message>")
-    assert h.take_one(bob).get("id") != "s"  # 's' to Bob is still pending: a fresh id
+    to_alice = h.take_one(alice).get("id")
+    to_bob = [e.get("id") for e in h.take(bob)]
+    assert (to_alice, to_bob[0]) == ("s", "s")
+    assert to_bob[1] not in ("s", None)  # the same id twice to Bob: the second is minted
     error = (
-        f"<message type='error' id='s' to='{ROOM}/Mallory'><error type='cancel'>"
+        "<message type='error' id='{}' to='{}/Mallory'><error type='cancel'>"
         f"<service-unavailable xmlns='{STANZAS}'/></error></message>"
     )
-    for session, nick in ((alice, "Alice"), (bob, "Bob")):
-        await h.send(session, error)
+    for session, nick, forwarded in ((alice, "Alice", to_alice), (bob, "Bob", to_bob[0])):
+        await h.send(session, error.format(forwarded, ROOM))
         bounced = h.take_one(carol)
         assert (bounced.get("from"), bounced.get("id")) == (f"{ROOM}/{nick}", "s")
-    await h.send(bob, error)  # again: answers nothing pending now
+    await h.send(bob, error.format(to_bob[0], ROOM))  # again: answers nothing pending now
+    await h.send(alice, error.format(to_bob[1], ROOM))  # not Alice's to answer
     assert h.take(carol) == []
     assert set(room_of(h).occupants) == {"Alice", "Bob", "Mallory"}
 
@@ -606,3 +610,336 @@ async def configure_room(h: ModuleHarness, owner: Session, room: str) -> None:
         "</x></query></iq>",
     )
     assert h.take(owner)[0].get("type") == "result"  # then status 104 (config changed)
+
+
+# --- review 3: client-chosen ids, PM errors, forged stanza ids in PMs --------------------------
+R_ROOM = JID.parse(ROOM)
+R_ALICE = JID.parse("alice@localhost/a")
+R_ALICE2 = JID.parse("alice@localhost/a2")
+R_VICTIM = JID.parse("victim@remote.example/v")
+
+
+def _room(**config: Any) -> Room:
+    room = Room(R_ROOM, RoomConfig(**config), b"k" * 32, limits=Limits())
+    room.locked = False
+    for jid, nick in ((R_ALICE, "att"), (R_VICTIM, "vic"), (R_ALICE2, "sock")):
+        room.presence(parse_element(f"<presence><x xmlns='{NS_MUC}'/></presence>"), jid, nick, 1.0)
+    return room
+
+
+def _pm(room: Room, stanza_id: str, to: str = "vic", extra: str = "") -> etree._Element:
+    xml = f"<message type='chat' id='{stanza_id}'><body>z</body>{extra}</message>"
+    (out,) = room.private_message(parse_element(xml), R_ALICE, to).out
+    return out.element
+
+
+def _pm_error(room: Room, stanza_id: str, error: str = "") -> list[etree._Element]:
+    error = error or f"<error type='cancel'><service-unavailable xmlns='{STANZAS}'/></error>"
+    xml = f"<message type='error' id='{stanza_id}'>{error}</message>"
+    return [o.element for o in room.private_message(parse_element(xml), R_VICTIM, "att").out]
+
+
+def test_huge_client_ids_are_not_kept() -> None:
+    """Ids are limited only by the stanza size: 40 groupchat messages and 40 PMs with 100 KB
+    ids kept 8 MB in the room before; the room keeps digests and a bounded budget now."""
+    room = _room(history_length=0)
+    big = "x" * 100_000
+    tracemalloc.start()
+    try:
+        for n in range(40):
+            xml = f"<message type='groupchat' id='{n}{big}'><body>y</body></message>"
+            room.message(parse_element(xml), R_ALICE, 2.0)
+            last = _pm(room, f"p{n}{big}", to="sock")
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert retained < 1_000_000
+    assert all(len(key) <= 32 for key in room._sent_ids)
+    assert all(len(key) <= 32 for key, _ in room._pending_pms)
+    # the most recent PM's error still goes back with its sender's (long) id
+    xml = (
+        f"<message type='error' id='{last.get('id')}'><error type='cancel'>"
+        f"<service-unavailable xmlns='{STANZAS}'/></error></message>"
+    )
+    (answer,) = room.private_message(parse_element(xml), R_ALICE2, "att").out
+    assert answer.element.get("id") == f"p39{big}"
+    # and a bounce of a long-id groupchat message is still known as one (status 333)
+    xml = (
+        f"<message type='error' id='39{big}'><error type='cancel'>"
+        f"<service-unavailable xmlns='{STANZAS}'/></error></message>"
+    )
+    room.private_message(parse_element(xml), R_VICTIM, "att")
+    assert "vic" not in room.occupants
+
+
+def test_pm_id_reused_for_groupchat_cannot_eject_recipient() -> None:
+    """The attacker's PM id becomes a groupchat id, then the PM is pushed out of the pending
+    list: the victim's bounce of the PM used to look like a groupchat bounce (333). A PM's
+    id is never recorded as a groupchat id now."""
+    room = _room()
+    forwarded = _pm(room, "I")
+    assert forwarded.get("id") == "I"  # the sender's id, kept for receipts and corrections
+    room.message(
+        parse_element("<message type='groupchat' id='I'><body>y</body></message>"), R_ALICE, 2.0
+    )
+    for n in range(MAX_PENDING_PMS):
+        _pm(room, f"f{n}", to="sock")
+    assert _pm_error(room, forwarded.get("id") or "") == []
+    assert "vic" in room.occupants
+
+
+def test_pm_error_reveals_nothing_of_the_recipient() -> None:
+    room = _room()  # semi-anonymous
+    assert not room.config.non_anonymous
+    forwarded = _pm(room, "p1")
+    (answer,) = _pm_error(
+        room,
+        forwarded.get("id") or "",
+        f"<error type='wait' by='{R_VICTIM}'><resource-constraint xmlns='{STANZAS}'/>"
+        f"<text xmlns='{STANZAS}'>victim@remote.example is busy</text>"
+        "<app xmlns='urn:example'>victim@remote.example/v</app></error>"
+        f"<body>victim@remote.example</body>",
+    )
+    assert b"victim" not in etree.tostring(answer)
+    assert (answer.get("type"), answer.get("id"), answer.get("from")) == (
+        "error",
+        "p1",
+        f"{ROOM}/vic",
+    )
+    assert answer.get("to") == str(R_ALICE)
+    assert error_condition(answer) == "resource-constraint"
+    (error,) = answer
+    assert (error.get("type"), len(error)) == ("wait", 1)
+    # a malformed error still yields a well-formed one
+    forwarded = _pm(room, "p2")
+    (answer,) = _pm_error(room, forwarded.get("id") or "", "<error type='bogus'><x/></error>")
+    assert error_condition(answer) == "undefined-condition"
+    assert answer[0].get("type") == "cancel"
+
+
+def test_pm_forged_room_stanza_id_is_stripped() -> None:
+    room = _room()
+    forwarded = _pm(
+        room,
+        "p",
+        extra=f"<stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM.upper()}' id='forged'/>"
+        "<stanza-id xmlns='urn:xmpp:sid:0' by='other@localhost' id='theirs'/>",
+    )
+    assert [s.get("id") for s in forwarded.iter(SID)] == ["theirs"]
+
+
+# --- review 3: room limits count rooms created, not rooms owned; a service-wide cap ----------
+async def test_rooms_per_user_counts_rooms_created(tmp_path: Path) -> None:
+    """Handing ownership away does not free a slot; being made owner of others' rooms does
+    not use one; a room that is gone frees its slot."""
+    options = {"muc": {"max_rooms_per_user": 2}}
+    async with ModuleHarness.started(
+        tmp_path, accounts=("alice", "bob"), modules_enabled=MODULES, modules=options
+    ) as h:
+        alice = await h.connect("alice@localhost/phone", priority=0)
+        bob = await h.connect("bob@localhost/pc", priority=0)
+        # Bob makes Alice owner of his room: Alice may still create two of her own
+        await create(h, bob, nick="Bob")
+        reply = await admin(h, bob, "<item affiliation='owner' jid='alice@localhost'/>")
+        assert reply.get("type") == "result"
+        h.take(alice)
+        await create(h, alice, room=f"one@{SERVICE}")
+        await create(h, alice, room=f"two@{SERVICE}")
+        # Alice hands "one" to a bogus owner and drops her own affiliation: still hers
+        await h.send(
+            alice,
+            f"<iq type='set' id='adm' to='one@{SERVICE}'><query xmlns='{NS_MUC}#admin'>"
+            "<item affiliation='owner' jid='bogus@elsewhere.example'/>"
+            "<item affiliation='none' jid='alice@localhost'/></query></iq>",
+        )
+        replies = [e for e in h.take(alice) if e.get("id") == "adm"]
+        assert [r.get("type") for r in replies] == ["result"]
+        assert JID.parse("alice@localhost") not in room_of(h, "one").affiliations
+        await h.send(alice, f"<presence to='three@{SERVICE}/Alice'>{X}</presence>")
+        assert error_condition(h.take_one(alice)) == "not-allowed"
+        assert muc(h).room("three") is None
+        # leaving the temporary room "two" makes it gone: a slot is free again
+        await h.send(alice, f"<presence to='two@{SERVICE}/Alice' type='unavailable'/>")
+        h.take(alice)
+        assert muc(h).room("two") is None
+        await create(h, alice, room=f"three@{SERVICE}")
+
+
+async def test_rooms_created_survive_a_restart(tmp_path: Path) -> None:
+    overrides = {"storage": "sqlite", "data_dir": str(tmp_path / "data")}
+    options = {"muc": {"max_rooms_per_user": 1}}
+    for accounts in (("alice",), ()):
+        async with ModuleHarness.started(
+            tmp_path, accounts=accounts, modules_enabled=MODULES, modules=options, **overrides
+        ) as h:
+            alice = await h.connect("alice@localhost/phone", priority=0)
+            if muc(h).room("kept") is None:
+                await create(h, alice, room=f"kept@{SERVICE}")
+                await configure_room(h, alice, f"kept@{SERVICE}")
+                await h.send(
+                    alice,
+                    f"<iq type='set' id='adm' to='kept@{SERVICE}'><query xmlns='{NS_MUC}#admin'>"
+                    "<item affiliation='owner' jid='bogus@elsewhere.example'/>"
+                    "<item affiliation='none' jid='alice@localhost'/></query></iq>",
+                )
+                h.take(alice)
+                continue
+            assert muc(h).created[JID.parse("alice@localhost")] == 1
+            await h.send(alice, f"<presence to='{ROOM}/Alice'>{X}</presence>")
+            assert error_condition(h.take_one(alice)) == "not-allowed"
+            assert muc(h).room("room") is None
+
+
+async def test_service_wide_room_cap(tmp_path: Path) -> None:
+    options = {"muc": {"max_rooms": 1}}
+    async with ModuleHarness.started(
+        tmp_path, accounts=("alice", "bob"), modules_enabled=MODULES, modules=options
+    ) as h:
+        alice = await h.connect("alice@localhost/phone", priority=0)
+        bob = await h.connect("bob@localhost/pc", priority=0)
+        await create(h, alice)
+        await h.send(bob, f"<presence to='two@{SERVICE}/Bob'>{X}</presence>")
+        assert error_condition(h.take_one(bob)) == "not-allowed"
+        assert muc(h).room("two") is None
+        got = await join(h, bob, "Bob")  # entering an existing room is not creating one
+        assert any(110 in codes(e) for e in got)
+
+
+# --- review 3: an over-limit invitation batch is refused before any account lookup ---------
+async def test_invitation_batch_over_limit_looks_nothing_up(
+    h: ModuleHarness, alice: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create(h, alice)
+    h.take(alice)
+    services = muc(h).ctx.services
+    lookups: list[str] = []
+    real = services.account_exists
+
+    async def counting(domain: str, local: str) -> bool:
+        lookups.append(local)
+        return await real(domain, local)
+
+    monkeypatch.setattr(services, "account_exists", counting)
+    invites = "".join(f"<invite to='u{n}@localhost'/>" for n in range(MAX_INVITES + 1))
+    await h.send(alice, f"<message to='{ROOM}'><x xmlns='{NS_USER}'>{invites}</x></message>")
+    assert error_condition(h.take_one(alice)) == "policy-violation"
+    assert lookups == []
+    await h.send(
+        alice,
+        f"<message to='{ROOM}'><x xmlns='{NS_USER}'><invite to='u0@localhost'/></x></message>",
+    )
+    assert lookups == ["u0"]  # within the limit, invitees are still checked
+
+
+# --- review 3: no half-done state when a step fails -------------------------------------------
+async def test_failed_archive_note_sends_unarchived(
+    h: ModuleHarness, alice: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive note is written at the first archived message (not at creation, where a
+    failure left the creator in a locked room); if it fails, the message goes out unarchived."""
+    import xeps.muc as muc_module
+
+    calls: list[str] = []
+
+    async def broken(*args: Any) -> None:
+        calls.append("register")
+        raise RuntimeError("store down")
+
+    monkeypatch.setattr(muc_module, "register_archive", broken)
+    await create(h, alice)
+    assert calls == []
+    await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>a</body></message>")
+    (echo,) = h.take(alice)
+    assert echo.findtext(BODY) == "a"
+    assert echo.find(SID) is None
+    assert calls == ["register"]
+    monkeypatch.undo()
+    await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>b</body></message>")
+    assert h.take_one(alice).find(SID) is not None
+    incarnation = muc(h).incarnations["room"]
+    assert await muc(h).store.get("", f"archive/{incarnation}") == ROOM
+
+
+async def test_failed_send_still_cleans_up_a_gone_room(
+    h: ModuleHarness, alice: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create(h, alice)
+    await h.send(alice, f"<message type='groupchat' to='{ROOM}'><body>a</body></message>")
+    h.take(alice)
+    module = muc(h)
+    incarnation = module.incarnations["room"]
+    assert await module.store.get("", f"archive/{incarnation}") is not None
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("send failed")
+
+    monkeypatch.setattr(module.service, "send", broken)
+    await h.send(alice, f"<presence to='{ROOM}/Alice' type='unavailable'/>")
+    monkeypatch.undo()
+    h.take(alice)
+    assert module.room("room") is None
+    await module.cleaned()
+    assert await module.store.get("", f"archive/{incarnation}") is None
+
+
+# --- review 3: archive bookkeeping only for rooms that archive --------------------------------
+async def test_room_that_archived_nothing_costs_no_archive_work(
+    h: ModuleHarness, alice: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = muc(h)
+    assert module.archive is not None
+    removed: list[str] = []
+
+    async def remove(room: JID, *, incarnation: str = "") -> None:
+        removed.append(incarnation)
+
+    monkeypatch.setattr(module.archive, "remove", remove)
+    await create(h, alice)
+    incarnation = module.incarnations["room"]
+    await h.send(alice, f"<presence to='{ROOM}/Alice' type='unavailable'/>")
+    h.take(alice)
+    await module.cleaned()
+    assert module.room("room") is None
+    assert await module.store.get("", f"archive/{incarnation}") is None
+    assert removed == []
+    assert incarnation not in module._archived
+
+
+async def test_archive_deletions_run_one_at_a_time(
+    h: ModuleHarness, alice: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = muc(h)
+    archive = module.archive
+    assert archive is not None
+    real_remove = archive.remove
+    running: list[str] = []
+    most = 0
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def slow_remove(room: JID, *, incarnation: str = "") -> None:
+        nonlocal most
+        started.set()
+        running.append(incarnation)
+        most = max(most, len(running))
+        await release.wait()
+        await real_remove(room, incarnation=incarnation)
+        running.remove(incarnation)
+
+    monkeypatch.setattr(archive, "remove", slow_remove)
+    incarnations = []
+    for n in range(3):
+        room = f"r{n}@{SERVICE}"
+        await create(h, alice, room=room)
+        await h.send(alice, f"<message type='groupchat' to='{room}'><body>x</body></message>")
+        incarnations.append(module.incarnations[f"r{n}"])
+        await h.send(alice, f"<presence to='{room}/Alice' type='unavailable'/>")
+        h.take(alice)
+    try:
+        await started.wait()
+        assert running == incarnations[:1]
+    finally:
+        release.set()  # never leave a deletion blocked for the shutdown
+    await module.cleaned()
+    assert most == 1
+    for incarnation in incarnations:
+        assert await module.store.get("", f"archive/{incarnation}") is None
