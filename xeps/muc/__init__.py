@@ -98,6 +98,7 @@ class Muc(Module):
         service_name: str = "Chatrooms"  # the service's disco identity name
         create_rooms: str = "local"  # who may create rooms: "local" accounts or "anyone"
         max_history: int = 100  # most messages of discussion history a room keeps
+        max_history_bytes: int = 1 << 20  # serialized bytes of one room's discussion history
         default_history: int = 20  # history length of a new room
         max_occupants: int = 1000  # highest occupant limit an owner may configure
         default_max_occupants: int = 100  # occupant limit of a new room
@@ -128,6 +129,7 @@ class Muc(Module):
             max_history=o.max_history,
             max_users=o.max_occupants,
             max_affiliations=o.max_affiliations,
+            max_history_bytes=o.max_history_bytes,
         )
         service.open_store("rooms", StoreKind.KEYVALUE)
         self.store = service.keyvalue("rooms")

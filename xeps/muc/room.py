@@ -131,7 +131,12 @@ class HistoryEntry:
 
     element: etree._Element
     when: float
-    chars: int  # serialized size, -1 until measured (maxchars)
+    chars: int  # serialized size (maxchars, and the room's history byte budget)
+
+    @classmethod
+    def of(cls, element: etree._Element, when: float) -> HistoryEntry:
+        """An entry with its size measured."""
+        return cls(element, when, len(etree.tostring(element)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,7 @@ class Limits:
     max_history: int = 100
     max_users: int = 1000
     max_affiliations: int = 10000  # affiliation list entries per room
+    max_history_bytes: int = 1 << 20  # serialized bytes of one room's discussion history
 
 
 MAX_HISTORY_LIMIT = 10**9  # <history/> limits are clamped to this (seconds, chars, stanzas)
@@ -735,10 +741,17 @@ class Room:
         archive = self.archiving and (body is not None or subject is not None)
         result.out.append(Out(element, self.recipients(), archive=archive))
         if body is not None and subject is None and self.config.history_length > 0:
-            self.history.append(HistoryEntry(element, now, -1))  # size measured when asked
-            while len(self.history) > self.config.history_length:
-                self.history.popleft()
+            self.history.append(HistoryEntry.of(element, now))
+            self._trim_history()
         return result
+
+    def _trim_history(self) -> None:
+        """Oldest first, drop what exceeds the history length or the byte budget (hostile
+        occupants may send stanzas of up to the stream's size limit)."""
+        history, length = self.history, self.config.history_length
+        size = sum(entry.chars for entry in history)
+        while history and (len(history) > length or size > self.limits.max_history_bytes):
+            size -= history.popleft().chars
 
     def _claims_room(self, stanza_id: etree._Element) -> bool:
         """Whether a client-sent <stanza-id/> claims to be the room's (its 'by' is the room's
@@ -1234,9 +1247,7 @@ class Room:
                 if occupant.role in ("participant", "visitor") and role != occupant.role:
                     occupant.role = role
                     self._broadcast_presence(result, occupant)
-        if len(self.history) > new.history_length:
-            while len(self.history) > new.history_length:
-                self.history.popleft()
+        self._trim_history()
         if not self.occupants and not new.persistent:
             result.gone = True
         return result
@@ -1387,9 +1398,8 @@ class Room:
         """Discussion history from the archive after a restart (oldest first)."""
         self.history.clear()
         for element, when in entries:
-            self.history.append(HistoryEntry(element, when, -1))
-        while len(self.history) > self.config.history_length:
-            self.history.popleft()
+            self.history.append(HistoryEntry.of(element, when))
+        self._trim_history()
 
     def with_config(self, **changes: object) -> None:
         """Change settings directly (tests, administration)."""

@@ -943,3 +943,31 @@ async def test_archive_deletions_run_one_at_a_time(
     assert most == 1
     for incarnation in incarnations:
         assert await module.store.get("", f"archive/{incarnation}") is None
+
+
+def test_history_is_bounded_in_bytes_too() -> None:
+    """A hostile occupant's stanzas may be as large as the stream allows: the discussion
+    history keeps at most max_history_bytes, oldest dropped first, whatever its length."""
+    room = Room(
+        R_ROOM,
+        RoomConfig(history_length=100),
+        b"k" * 32,
+        limits=Limits(max_history_bytes=50_000),
+    )
+    room.locked = False
+    room.presence(parse_element(f"<presence><x xmlns='{NS_MUC}'/></presence>"), R_ALICE, "att", 1.0)
+    big = "b" * 20_000
+    for n in range(5):
+        xml = f"<message type='groupchat' id='m{n}'><body>{n}{big}</body></message>"
+        room.message(parse_element(xml), R_ALICE, 2.0)
+    assert [e.element.findtext(BODY)[:1] for e in room.history] == ["3", "4"]
+    assert sum(e.chars for e in room.history) <= 50_000
+    # small messages keep the length limit as before
+    for n in range(5, 8):
+        room.message(
+            parse_element(f"<message type='groupchat'><body>{n}</body></message>"), R_ALICE, 3.0
+        )
+    assert [e.element.findtext(BODY)[:1] for e in room.history] == ["3", "4", "5", "6", "7"]
+    # a lower budget after a restart's refill applies too
+    room.refill_history((e.element, e.when) for e in list(room.history))
+    assert len(room.history) == 5
