@@ -323,6 +323,13 @@ class Muc(Module):
             raise StanzaError("item-not-found", "no such room")
         return room
 
+    def _addressed(self, event: ev.StanzaEvent, *quiet: str) -> Room | None:
+        """The room a stanza is addressed to; None (dropped) when there is none and the
+        stanza's type is one of `quiet` (errors and results are never answered)."""
+        if event.stanza.type in quiet and (event.to.local or "") not in self.rooms:
+            return None
+        return self._room(event.to)
+
     async def _may_create(self, jid: JID) -> bool:
         if self.options.create_rooms == "anyone":
             return True
@@ -392,11 +399,9 @@ class Muc(Module):
     async def message_bare(self, event: ev.StanzaEvent) -> bool:
         """A message to the room: groupchat, subject, invitations (§7.4, §7.8, §8.1)."""
         stanza = event.stanza
-        room = self.rooms.get(event.to.local or "")
+        room = self._addressed(event, "error")
         if room is None:
-            if stanza.type == "error":
-                return True
-            raise StanzaError("item-not-found", "no such room")
+            return True
         if stanza.type != "groupchat" and stanza.from_ in room.by_jid:
             await self._check_invitees(stanza.element)
             if self.rooms.get(event.to.local or "") is not room:
@@ -425,11 +430,9 @@ class Muc(Module):
     async def message_full(self, event: ev.StanzaEvent) -> bool:
         """A private message to room/nick (§7.5)."""
         stanza = event.stanza
-        room = self.rooms.get(event.to.local or "")
+        room = self._addressed(event, "error")
         if room is None:
-            if stanza.type == "error":
-                return True
-            raise StanzaError("item-not-found", "no such room")
+            return True
         nick = event.to.resource or ""
         await self._run(room, room.private_message(stanza.element, stanza.from_, nick))
         return True
@@ -438,11 +441,9 @@ class Muc(Module):
     async def iq_full(self, event: ev.StanzaEvent) -> bool:
         """An IQ to room/nick: self-ping answered, others forwarded (§7.5, XEP-0410)."""
         stanza = event.stanza
-        room = self.rooms.get(event.to.local or "")
+        room = self._addressed(event, "result", "error")
         if room is None:
-            if stanza.type in ("result", "error"):
-                return True
-            raise StanzaError("item-not-found", "no such room")
+            return True
         result = room.occupant_iq(stanza.element, stanza.from_, event.to.resource or "")
         await self._run(room, result)
         return True
